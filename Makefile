@@ -1,0 +1,33 @@
+# Every target creates the virtual environment first when it is missing (or when pyproject.toml changed).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DS_CONFIG ?= ds_configs/zero2.json
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, pinned, so that no other requirement can pull a CUDA build onto a CPU machine
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+.PHONY: setup test lint train train-2ranks format
+setup: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -rs
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# The main job: UniTrans retrieval on the demo shards with the embedded default config.
+train: $(VENV)/.installed
+	PATH=$(abspath $(VENV))/bin:$$PATH deepspeed --num_accelerators 1 launchers/train.py --ds_config $(DS_CONFIG)
+
+train-2ranks: $(VENV)/.installed
+	PATH=$(abspath $(VENV))/bin:$$PATH deepspeed --num_accelerators 2 launchers/train.py --ds_config $(DS_CONFIG)
