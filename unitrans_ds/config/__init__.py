@@ -1,0 +1,36 @@
+"""Typed configuration: the schema, and loading with defaults <- YAML <- dotted overrides."""
+
+from .load import ConfigError, build_config, flatten, load_config, save_config, to_dict
+from .schema import (
+    METHODS,
+    TASKS,
+    Config,
+    DataConfig,
+    EvalConfig,
+    MethodConfig,
+    ModelConfig,
+    OptimConfig,
+    TinyModelConfig,
+    TrackingConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "METHODS",
+    "TASKS",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TinyModelConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "build_config",
+    "flatten",
+    "load_config",
+    "save_config",
+    "to_dict",
+]

@@ -1,0 +1,176 @@
+"""The typed config tree. Every field has a default and help text; `validate()` runs cross-field checks.
+
+The tree is plain dataclasses so that it can be built from a YAML file plus dotted overrides
+(`unitrans_ds.config.load`), flattened into MLflow params, and saved with a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+METHODS = ("frozen", "full", "lora", "scaling-vectors", "vcra", "vcra+qasn", "vcra+mcam", "unitrans")
+TASKS = ("retrieval", "captioning", "vqa")
+QASN_ACTIVATIONS = ("tanh", "gelu", "silu", "identity", "sigmoid")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _help(text: str, default=None, factory=None):
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TinyModelConfig:
+    """Sizes of the tiny BLIP built from `BlipConfig` when `model.init_from` is `tiny`."""
+
+    vision_width: int = _help("ViT hidden width.", 64)
+    vision_layers: int = _help("ViT layers.", 2)
+    vision_heads: int = _help("ViT attention heads.", 4)
+    patch_size: int = _help("ViT patch size in pixels.", 16)
+    text_width: int = _help("BERT hidden width (text encoder and decoder).", 64)
+    text_layers: int = _help("BERT layers.", 2)
+    text_heads: int = _help("BERT attention heads.", 4)
+    intermediate_mult: int = _help("FFN width as a multiple of the hidden width.", 4)
+    embed_dim: int = _help("Width of the ITC projection space.", 32)
+    max_position_embeddings: int = _help("Longest text, in tokens.", 64)
+
+
+@dataclass
+class ModelConfig:
+    init_from: str = _help(
+        "Where the backbone comes from: `tiny` (built from `model.tiny`, random weights), a HF hub name such as "
+        "`Salesforce/blip-itm-base-coco`, a local `save_pretrained` folder, or an original BLIP/LAVIS `.pth`.",
+        "tiny",
+    )
+    tokenizer: str | None = _help(
+        "Tokenizer name or folder. Default: the `init_from` folder/hub name, or the bundled demo vocabulary for "
+        "`tiny` and `.pth` inits without one.",
+        None,
+    )
+    image_size: int = _help("Input image size in pixels (square). 384 for BLIP retrieval, 480 for VQA.", 384)
+    tiny: TinyModelConfig = _help("Sizes for `init_from: tiny`.", factory=TinyModelConfig)
+    gradient_checkpointing: bool = _help("Recompute activations in the backward pass to save memory.", False)
+
+
+@dataclass
+class MethodConfig:
+    name: str = _help(f"Adaptation method, one of {', '.join(METHODS)}.", "unitrans")
+    rank: int = _help("Bottleneck rank r of VCRA / LoRA / scaling vectors.", 64)
+    seed: int = _help("Seed of the shared random matrices A and B (they are re-created from it).", 1234)
+    train_shared: bool = _help(
+        "Train the shared matrices A and B (the paper's parameter formula counts them). False = VeRA-style: "
+        "frozen, not saved, re-created from the seed.",
+        True,
+    )
+    share_kv: bool = _help("Key and value projections of one attention block share their scaling vectors.", True)
+    learn_scale: bool = _help("Learn the per-modality scalar s_M (init 1); False keeps it fixed at 1.", True)
+    targets: dict[str, str] = _help(
+        "Regex per modality (V, T, C, D) matched against full module names of attention blocks to adapt. "
+        "Empty uses the defaults of `unitrans_ds.adapters.targets`.",
+        factory=dict,
+    )
+    qasn_activation: str = _help(
+        f"QASN filter activation sigma, one of {', '.join(QASN_ACTIVATIONS)}. sigmoid gives f(0)=0.5 and so "
+        "breaks the identity at init.",
+        "tanh",
+    )
+    qasn_decoder: bool = _help("Also run a QASN beside the text decoder (captioning / VQA).", False)
+    mcam_weight: float = _help("lambda_mcam, weight of the MCAM rank-consistency loss.", 1.0)
+    mcam_tau: float | None = _help("MCAM softmax temperature; null uses the ITC temperature, detached.", None)
+    unfreeze: list[str] = _help("Extra module-name regexes to train (e.g. `itm_head`).", factory=list)
+    lora_alpha: float = _help("LoRA alpha (scaling alpha/r) for the `lora` baseline.", 16.0)
+    lora_dropout: float = _help("LoRA dropout for the `lora` baseline.", 0.0)
+    train_temperature: bool = _help("Train the ITC temperature (retrieval).", True)
+
+    @property
+    def uses_vcra(self) -> bool:
+        return self.name in ("vcra", "vcra+qasn", "vcra+mcam", "unitrans", "scaling-vectors")
+
+    @property
+    def uses_qasn(self) -> bool:
+        return self.name in ("vcra+qasn", "unitrans")
+
+    @property
+    def uses_mcam(self) -> bool:
+        return self.name in ("vcra+mcam", "unitrans")
+
+
+@dataclass
+class DataConfig:
+    train_shards: str = _help("Folder of training shards (with manifest.json).", "shards/demo/retrieval_b/train")
+    val_shards: str | None = _help("Folder of validation shards; null skips validation.", "shards/demo/retrieval_b/val")
+    test_shards: str | None = _help("Folder of test shards; null skips the final test.", "shards/demo/retrieval_b/test")
+    num_workers: int = _help("DataLoader workers per rank.", 0)
+    shuffle_buffer: int = _help("Samples in the WebDataset shuffle buffer.", 256)
+    resampled: bool = _help("Sample shards with replacement (infinite stream cut by with_epoch).", False)
+    max_words: int = _help("Captions are cut to this many words (30 image, 40 video; questions 50).", 30)
+    num_frames: int = _help("Frames per video clip fed to the model.", 8)
+    randaugment: bool = _help("Apply RandAugment(2, 5) in training, as BLIP.", True)
+    answer_list: str | None = _help("VQA answer list (JSON list) for rank inference; null builds it from train.", None)
+    dataset: str = _help("Data set name, used for the MLflow tag.", "shapes-b")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _help("Peak learning rate.", 1e-3)
+    weight_decay: float = _help("AdamW weight decay (not applied to vectors, scalars and the temperature).", 0.05)
+    betas: list[float] = _help("AdamW betas.", factory=lambda: [0.9, 0.999])
+    eps: float = _help("AdamW epsilon.", 1e-8)
+    warmup_steps: int = _help("Linear warmup steps before the cosine decay.", 10)
+    min_lr_ratio: float = _help("Cosine floor as a fraction of the peak lr.", 0.0)
+    clip_grad: float = _help("Gradient-norm clipping; 0 disables.", 1.0)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _help("Passes over the training set.", 1)
+    max_steps: int | None = _help("Stop after this many optimizer steps (overrides epochs when smaller).", None)
+    global_batch_size: int = _help("Samples per optimizer step over all ranks.", 16)
+    micro_batch_size: int = _help("Samples per forward pass on one rank.", 16)
+    precision: str = _help(f"One of {', '.join(PRECISIONS)}; auto = bf16 where supported, else fp32.", "auto")
+    seed: int = _help("Seed for data order, dropout and initialisation.", 42)
+    output_dir: str = _help("Run folder: resolved config, checkpoints, adapter exports, metrics fallback.", "runs/demo")
+    eval_every: int = _help("Evaluate on the validation split every N steps; 0 = only at the end.", 0)
+    save_every: int = _help("Write a resume checkpoint every N steps; 0 = only at the end.", 0)
+    keep_last: int = _help("Resume checkpoints to keep.", 2)
+    best_metric: str = _help("Validation metric that selects the best adapter (higher is better).", "r_mean")
+    resume: str | None = _help("`auto` resumes from the latest checkpoint in output_dir; or a checkpoint folder.", None)
+    log_every: int = _help("Log training metrics every N steps.", 5)
+    zero_shot_eval: bool = _help("Evaluate before training, to report the before/after gain.", True)
+
+
+@dataclass
+class EvalConfig:
+    k_test: int = _help("Retrieval: ITC candidates per query re-scored by ITM (256 COCO, 128 Flickr).", 16)
+    itm_beta: float = _help("Retrieval: final score = ITM + beta * ITC.", 1.0)
+    batch_size: int = _help("Evaluation batch size per rank.", 32)
+    feature_chunk: int = _help("Retrieval: images whose token features are kept per chunk (half precision).", 256)
+    num_beams: int = _help("Captioning: beams.", 3)
+    max_length: int = _help("Captioning: longest caption in tokens.", 20)
+    min_length: int = _help("Captioning: shortest caption in tokens.", 5)
+    prompt: str = _help("Captioning prompt.", "a picture of ")
+    label_smoothing: float = _help("Captioning LM loss label smoothing.", 0.1)
+    vqa_inference: str = _help("VQA inference: `rank` over the answer list or `generate`.", "rank")
+    vqa_k_test: int = _help("VQA rank inference: candidates re-scored by full-answer likelihood.", 128)
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = _help("MLflow experiment name.", "unitrans-demo")
+    run_name: str | None = _help("MLflow run name; default `<task>-<method>-<dataset>`.", None)
+    tracking_uri: str | None = _help("MLflow tracking URI; null honours MLFLOW_TRACKING_URI, else ./mlruns.", None)
+    enabled: bool = _help("Log to MLflow at all.", True)
+
+
+@dataclass
+class Config:
+    task: str = _help(f"Task, one of {', '.join(TASKS)}.", "retrieval")
+    video: bool = _help("Video mode of retrieval / VQA: clips of `data.num_frames` frames.", False)
+    model: ModelConfig = _help("Backbone.", factory=ModelConfig)
+    method: MethodConfig = _help("Adaptation method.", factory=MethodConfig)
+    data: DataConfig = _help("Shards and loading.", factory=DataConfig)
+    optim: OptimConfig = _help("Optimizer and schedule.", factory=OptimConfig)
+    train: TrainConfig = _help("Training loop.", factory=TrainConfig)
+    eval: EvalConfig = _help("Evaluation protocols.", factory=EvalConfig)
+    tracking: TrackingConfig = _help("MLflow tracking.", factory=TrackingConfig)
