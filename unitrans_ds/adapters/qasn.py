@@ -1,0 +1,83 @@
+"""QASN: the query-augmentation side network beside a BERT fusion stack (SPEC section 3).
+
+For block i with input x_i: `h_{i+1} = h_i + Λb_i ⊙ (B · (Λa_i ⊙ (A · x_i)))` (h_0 = 0), and the block output
+becomes `b_i(x_i, x_V) + σ(α_i ⊙ h_{i+1} + β_i)`. With Λb = 0, α = 1, β = 0 and σ = tanh the stack is unchanged
+at init. The side network only runs when the block runs with cross-attention (the fusion branch); the unimodal
+text pass used for ITC is left alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bank import SharedBank
+
+ACTIVATIONS = {
+    "tanh": torch.tanh,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "identity": lambda z: z,
+    "sigmoid": torch.sigmoid,  # sigmoid(0) = 0.5: breaks the identity at init
+}
+
+
+class SideState:
+    """The running side state h, shared by the wrapped blocks of one stack (reset by the first block)."""
+
+    def __init__(self) -> None:
+        self.h: torch.Tensor | None = None
+
+
+class QASNLayer(nn.Module):
+    """Wraps one BERT layer (`base_layer`) of a fusion stack and owns that block's QASN parameters."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        index: int,
+        last: bool,
+        width: int,
+        bank: SharedBank,
+        side: SideState,
+        activation: str,
+    ):
+        super().__init__()
+        self.base_layer = base_layer
+        self.index = index
+        self.last = last
+        self.activation = activation
+        ref = next(base_layer.parameters())
+        kw = dict(dtype=ref.dtype, device=ref.device)
+        self.qasn_a = nn.Parameter(torch.ones(bank.rank, **kw))
+        self.qasn_b = nn.Parameter(torch.zeros(width, **kw))
+        self.qasn_alpha = nn.Parameter(torch.ones(width, **kw))
+        self.qasn_beta = nn.Parameter(torch.zeros(width, **kw))
+        object.__setattr__(self, "_bank", bank)
+        object.__setattr__(self, "_side", side)
+
+    def external_parameters(self) -> list[nn.Parameter]:
+        return [p for p in (self._bank.A, self._bank.B) if isinstance(p, nn.Parameter)]
+
+    def side_update(self, x: torch.Tensor) -> torch.Tensor:
+        """w_i(x) = Λb ⊙ (B · (Λa ⊙ (A · x)))."""
+        d = x.shape[-1]
+        A, B = self._bank.A[:, :d].to(x.dtype), self._bank.B[:d].to(x.dtype)
+        return F.linear(F.linear(x, A) * self.qasn_a, B) * self.qasn_b
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None, *args, **kwargs):
+        out = self.base_layer(hidden_states, encoder_hidden_states, *args, **kwargs)
+        if encoder_hidden_states is None:
+            return out
+        prev = self._side.h if self.index > 0 and self._side.h is not None else 0
+        h = prev + self.side_update(hidden_states)
+        # The last block drops the state so the graph is not kept alive until the next forward.
+        self._side.h = None if self.last else h
+        f = ACTIVATIONS[self.activation](self.qasn_alpha * h + self.qasn_beta)
+        if isinstance(out, tuple):  # older transformers return (hidden_states, ...)
+            return (out[0] + f, *out[1:])
+        return out + f
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}, activation={self.activation}"

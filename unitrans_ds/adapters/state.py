@@ -1,0 +1,44 @@
+"""`UniTransState`: the adapter state that is shared across layers (banks, modality scalars, ITC temperature).
+
+It is attached to the BLIP model as the submodule `unitrans`, so that DeepSpeed sees its parameters, they are
+saved once under `unitrans.*`, and the wrappers can reference them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .bank import SharedBank
+
+ATTR = "unitrans"
+
+
+class UniTransState(nn.Module):
+    def __init__(self, temperature: float = 0.07):
+        super().__init__()
+        self.banks = nn.ModuleDict()
+        self.scales = nn.ParameterDict()
+        # ITC temperature (SPEC section 5): BLIP learns it; HF's retrieval class dropped it, so it lives here.
+        self.temp = nn.Parameter(torch.tensor(float(temperature)), requires_grad=False)
+
+    def add_bank(self, name: str, bank: SharedBank) -> SharedBank:
+        self.banks[name] = bank
+        return bank
+
+    def add_scale(self, modality: str, learnable: bool) -> None:
+        if modality not in self.scales:
+            self.scales[modality] = nn.Parameter(torch.ones(()), requires_grad=learnable)
+
+    def temperature(self) -> torch.Tensor:
+        """The ITC temperature clamped to [0.001, 0.5], as BLIP does."""
+        return self.temp.clamp(0.001, 0.5)
+
+
+def get_state(model: nn.Module) -> UniTransState:
+    state = getattr(model, ATTR, None)
+    if not isinstance(state, UniTransState):
+        raise ValueError(
+            f"{type(model).__name__} has not been prepared: call unitrans_ds.adapters.prepare_model(model, method) first"
+        )
+    return state
