@@ -207,6 +207,8 @@ def _free_port() -> int:
 # ---- the 2-rank end-to-end check ------------------------------------------------------------------------------
 
 GLOBAL, MICRO, LR = 8, 2, 0.05
+# AdamW's first step is lr * sign(grad) with a tiny eps, blind to how the batch was split; eps = 1 makes the
+# step depend on the gradient's size, so a wrong accumulation or rank average shows up
 
 
 def _model() -> torch.nn.Module:
@@ -224,7 +226,7 @@ def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def _reference_output() -> list[list[float]]:
     """One AdamW step over the whole global batch, with the same clipping, in one process."""
     model, (x, y, probe) = _model(), _data()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, eps=1.0)
     torch.nn.functional.mse_loss(model(x), y).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), build_config({}).optim.clip_grad)
     opt.step()
@@ -245,7 +247,7 @@ def _worker(out_dir: str) -> None:
         ds = resolve_ds_config(name, cfg, world, bf16_supported=False)
         model = _model()
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=LR)
+        opt = torch.optim.AdamW(params, lr=LR, eps=1.0)
         engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds, model_parameters=params)
         steps = ds["gradient_accumulation_steps"]
         for i in range(steps):
