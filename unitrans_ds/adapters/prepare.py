@@ -137,6 +137,8 @@ def _qasn_stacks(task: str, method: MethodConfig) -> list[tuple[str, str]]:
     """(stack path, bank name) pairs that get a side network."""
     stacks = [(p, "enc") for p in FUSION_STACKS[task]]
     if method.qasn_decoder:
+        if task == "retrieval":
+            raise ValueError("`method.qasn_decoder: true` needs a text decoder; the retrieval model has none")
         stacks.append((DECODER_STACK, "dec"))
     return stacks
 
@@ -157,9 +159,13 @@ def _inject_lora(model: nn.Module, method: MethodConfig, targets: list[Attention
     cfg = LoraConfig(
         r=method.rank, lora_alpha=method.lora_alpha, lora_dropout=method.lora_dropout, target_modules=regex
     )
+    # peft marks only its own layers trainable; the temperature must keep its setting.
+    temp = get_state(model).temp
+    want_temp = temp.requires_grad
     inject_adapter_in_model(cfg, model)
     for n, p in model.named_parameters():
         p.requires_grad_("lora_" in n)
+    temp.requires_grad_(want_temp)
 
 
 def _unfreeze(model: nn.Module, patterns: list[str]) -> None:

@@ -57,6 +57,15 @@ class QASNLayer(nn.Module):
         object.__setattr__(self, "_bank", bank)
         object.__setattr__(self, "_side", side)
 
+    def __getattr__(self, name: str):
+        # Reach the wrapped layer's submodules (`.attention`, `.crossattention`, ...) as peft's wrappers do.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
     def external_parameters(self) -> list[nn.Parameter]:
         return [p for p in (self._bank.A, self._bank.B) if isinstance(p, nn.Parameter)]
 

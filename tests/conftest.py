@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny BLIP models built from `BlipConfig` (same structure as BLIP-base, tiny sizes)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipForQuestionAnswering
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from unitrans_ds.config.schema import TinyModelConfig  # noqa: E402
+from unitrans_ds.models.tiny import tiny_blip_config  # noqa: E402
+
+TASK_CLASSES = {
+    "retrieval": BlipForImageTextRetrieval,
+    "captioning": BlipForConditionalGeneration,
+    "vqa": BlipForQuestionAnswering,
+}
+IMAGE_SIZE = 32
+
+
+def make_tiny(task: str, seed: int = 0, **sizes) -> torch.nn.Module:
+    """A deterministic tiny BLIP of the task's class, in eval mode (dropout off)."""
+    torch.manual_seed(seed)
+    cfg = tiny_blip_config(TinyModelConfig(**sizes), image_size=IMAGE_SIZE)
+    return TASK_CLASSES[task](cfg).eval()
+
+
+def tiny_inputs(model, batch: int = 2, seq: int = 7, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.config.text_config.vocab_size
+    ids = torch.randint(10, vocab, (batch, seq), generator=g)
+    ids[:, 0] = 2  # [CLS]
+    mask = torch.ones_like(ids)
+    mask[0, -2:] = 0  # some padding
+    pix = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pix}
+
+
+@pytest.fixture
+def tiny_factory():
+    return make_tiny

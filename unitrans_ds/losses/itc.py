@@ -1,0 +1,48 @@
+"""ITC: symmetric InfoNCE over the global batch with image-id positives (SPEC section 5, BLIP's recipe)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .gather import gather
+
+
+class ITCLoss(nn.Module):
+    """Told its rank and world size; gathers features from every rank with gradients for the local part.
+
+    Captions of the same image are positives: targets are the normalised `image_ids` equality matrix.
+    The loss of a rank is the mean over its local rows; averaged over ranks it equals the loss of one rank that
+    holds the whole batch.
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.rank, self.world_size = rank, world_size
+
+    def forward(
+        self, image_feat: torch.Tensor, text_feat: torch.Tensor, image_ids: torch.Tensor, temp: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """`image_feat`, `text_feat`: [B, D] L2-normalised; `image_ids`: [B] int64; `temp`: scalar.
+
+        Returns `loss_itc` and the local-vs-global similarity logits `sim_i2t`, `sim_t2i` ([B, world*B]) and the
+        gathered `image_ids_all`, which ITM and MCAM reuse.
+        """
+        image_all = gather(image_feat, self.world_size)
+        text_all = gather(text_feat, self.world_size)
+        ids_all = gather(image_ids.view(-1, 1), self.world_size, with_grad=False).view(-1)
+        sim_i2t = image_feat @ text_all.t() / temp
+        sim_t2i = text_feat @ image_all.t() / temp
+        pos = (image_ids.view(-1, 1) == ids_all.view(1, -1)).float()
+        targets = pos / pos.sum(1, keepdim=True)
+        loss_i2t = -(F.log_softmax(sim_i2t, dim=1) * targets).sum(1).mean()
+        loss_t2i = -(F.log_softmax(sim_t2i, dim=1) * targets).sum(1).mean()
+        return {
+            "loss_itc": (loss_i2t + loss_t2i) / 2,
+            "sim_i2t": sim_i2t,
+            "sim_t2i": sim_t2i,
+            "image_ids_all": ids_all,
+            "image_feat_all": image_all,
+            "text_feat_all": text_all,
+        }

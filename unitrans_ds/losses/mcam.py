@@ -1,0 +1,52 @@
+"""MCAM: Jensen-Shannon rank consistency between image->text and text->image distributions (SPEC section 4)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .gather import gather
+
+
+def js_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Row-wise JS(P‖Q) = ½KL(P‖M) + ½KL(Q‖M), M = (P+Q)/2, from log-probabilities [n, k] -> [n].
+
+    Computed in log space so saturated softmaxes (probabilities that underflow to 0) give finite values and
+    gradients. Bounded by log 2.
+    """
+    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
+    kl_pm = (log_p.exp() * (log_p - log_m)).sum(-1)
+    kl_qm = (log_q.exp() * (log_q - log_m)).sum(-1)
+    return 0.5 * (kl_pm + kl_qm)
+
+
+class MCAMLoss(nn.Module):
+    """`L_ITR = mean_i JS(P_i ‖ Q_i)` with P_i = softmax(S[i, :]/τ), Q_i = softmax(S[:, i]/τ), S = I·Tᵀ.
+
+    The paper writes a sum over pairs; we take the mean, as BLIP's ITC does. S is computed against features
+    gathered from every rank (gradients through the local part); each rank scores its local pairs.
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1, tau: float | None = None):
+        super().__init__()
+        self.rank, self.world_size, self.tau = rank, world_size, tau
+
+    def forward(
+        self, image_feat: torch.Tensor, text_feat: torch.Tensor, itc_temp: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`image_feat`, `text_feat`: [B, D] normalised embeddings of B pairs (pair i = image i, text i)."""
+        if self.tau is not None:
+            tau = self.tau
+        elif itc_temp is not None:
+            tau = itc_temp.detach()
+        else:
+            raise ValueError("MCAMLoss needs a fixed tau or the ITC temperature")
+        text_all = gather(text_feat, self.world_size)
+        image_all = gather(image_feat, self.world_size)
+        # Row i of S (image i against all texts) and column i of S (text i against all images), in fp32.
+        log_p = F.log_softmax((image_feat @ text_all.t()).float() / tau, dim=1)
+        log_q = F.log_softmax((text_feat @ image_all.t()).float() / tau, dim=1)
+        return js_divergence(log_p, log_q).mean()
