@@ -1,0 +1,172 @@
+"""BLIP's image transforms without torchvision: PIL for the pixels, uint8 until the batch is normalized.
+
+Train (BLIP `transform_train`): random resized crop (scale 0.5..1, ratio 3/4..4/3, bicubic), horizontal flip,
+RandAugment(2, 5) with BLIP's op list. Eval (BLIP `transform_test`): bicubic resize to a square. Both take the
+encoded image bytes and return a uint8 array [H, W, 3]; `normalize_batch` turns a stacked batch into the float
+tensor the model takes, with BLIP's CLIP mean/std.
+
+Speed: JPEGs are decoded at a reduced size with PIL's `draft` (a DCT-domain downscale by 2, 4 or 8) only when
+the region to be resized keeps at least twice the output size in both directions, so the antialiased bicubic
+resize that follows still sees >= 2 source pixels per output pixel; the difference to a full decode is then a
+few grey levels (see tests/test_transforms.py). Crop and resize are one `Image.resize(box=...)` call.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+
+from unitrans_ds.data.randaugment import RandAugment
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+Box = tuple[float, float, float, float]
+
+
+def random_resized_crop_box(
+    width: int,
+    height: int,
+    rng: random.Random,
+    scale: tuple[float, float] = (0.5, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Box:
+    """torchvision's `RandomResizedCrop.get_params`: (left, top, right, bottom) in source pixels.
+
+    Ten tries at an area fraction in `scale` and a log-uniform aspect ratio in `ratio`; if none fits, the
+    largest centre crop whose ratio is clamped into `ratio`.
+    """
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = rng.randint(0, height - h)
+            left = rng.randint(0, width - w)
+            return (left, top, left + w, top + h)
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    top, left = (height - h) // 2, (width - w) // 2
+    return (left, top, left + w, top + h)
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Open encoded image bytes lazily (header only); raises PIL's errors on garbage bytes."""
+    return Image.open(io.BytesIO(data))
+
+
+def resize_region(img: Image.Image, box: Box, size: tuple[int, int], use_draft: bool = True) -> Image.Image:
+    """Bicubic-resize the `box` region of a lazily opened image to `size` (w, h), as an RGB image.
+
+    With `use_draft`, a JPEG is decoded at 1/2, 1/4 or 1/8 scale when the region keeps >= 2x `size` pixels.
+    """
+    left, top, right, bottom = box
+    out_w, out_h = size
+    if use_draft and img.format == "JPEG":
+        # Ask for at least 2x the output inside the box; PIL picks the largest reduction that honours it.
+        req_w = math.ceil(img.width * 2 * out_w / max(right - left, 1))
+        req_h = math.ceil(img.height * 2 * out_h / max(bottom - top, 1))
+        if req_w * 2 <= img.width and req_h * 2 <= img.height:
+            full_w = img.width
+            drafted = img.draft("RGB", (req_w, req_h))
+            if drafted is not None:
+                s = full_w / drafted[1][2]
+                left, top, right, bottom = left / s, top / s, right / s, bottom / s
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    right, bottom = min(right, img.width), min(bottom, img.height)
+    return img.resize((out_w, out_h), Image.Resampling.BICUBIC, box=(left, top, right, bottom))
+
+
+class TrainTransform:
+    """Training transform: encoded bytes -> uint8 [S, S, 3]. Called per image (per frame for video).
+
+    Args:
+        image_size: output side S in pixels.
+        min_scale: smallest crop area fraction (BLIP: 0.5).
+        hflip: random horizontal flip with p = 0.5. BLIP flips although it swaps "left" and "right" in the
+            image but not in the text; set False for data where that matters (the shapes demo).
+        randaugment: apply BLIP's RandAugment(2, 5).
+        use_draft: allow reduced-size JPEG decoding (see module docstring).
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        min_scale: float = 0.5,
+        hflip: bool = True,
+        randaugment: bool = True,
+        use_draft: bool = True,
+    ) -> None:
+        if image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        if not 0 < min_scale <= 1:
+            raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
+        self.image_size = image_size
+        self.min_scale = min_scale
+        self.hflip = hflip
+        self.augment = RandAugment() if randaugment else None
+        self.use_draft = use_draft
+
+    def __call__(self, data: bytes, rng: random.Random) -> np.ndarray:
+        img = open_image(data)
+        box = random_resized_crop_box(img.width, img.height, rng, scale=(self.min_scale, 1.0))
+        img = resize_region(img, box, (self.image_size, self.image_size), self.use_draft)
+        if self.hflip and rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if self.augment is not None:
+            img = self.augment(img, rng)
+        return np.asarray(img)
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainTransform(image_size={self.image_size}, min_scale={self.min_scale}, hflip={self.hflip}, "
+            f"augment={self.augment}, use_draft={self.use_draft})"
+        )
+
+
+class EvalTransform:
+    """Evaluation transform: encoded bytes -> uint8 [S, S, 3], a bicubic resize of the whole image (no crop)."""
+
+    def __init__(self, image_size: int, use_draft: bool = True) -> None:
+        if image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        self.image_size = image_size
+        self.use_draft = use_draft
+
+    def __call__(self, data: bytes, rng: random.Random | None = None) -> np.ndarray:
+        img = open_image(data)
+        box = (0, 0, img.width, img.height)
+        return np.asarray(resize_region(img, box, (self.image_size, self.image_size), self.use_draft))
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(image_size={self.image_size}, use_draft={self.use_draft})"
+
+
+def normalize_batch(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 [..., H, W, 3] -> float32 [..., 3, H, W], scaled to [0, 1] then normalized with CLIP mean/std.
+
+    The loader calls it once per batch (images [B, H, W, 3], video [B, T, H, W, 3]), so the per-image work
+    stays in uint8 and the float conversion is one vectorized pass.
+    """
+    x = torch.as_tensor(images)
+    if x.dtype != torch.uint8 or x.shape[-1] != 3:
+        raise ValueError(f"normalize_batch expects uint8 [..., H, W, 3], got {x.dtype} {tuple(x.shape)}")
+    # x * (1 / (255 std)) - mean / std, fused into one multiply-add per element.
+    mul = torch.tensor([1.0 / (255.0 * s) for s in CLIP_STD])
+    add = torch.tensor([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD)])
+    out = torch.addcmul(add, x.to(torch.float32), mul)
+    return out.movedim(-1, -3).contiguous()
