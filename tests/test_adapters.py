@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import make_tiny
+from conftest import make_tiny, tiny_inputs
 from model_io import outputs
 from transformers import BlipConfig, BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipForQuestionAnswering
 
@@ -142,9 +142,6 @@ def test_only_adapter_parameters_train(method):
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert sum(p.numel() for p in trainable) == report.trainable
     opt = torch.optim.AdamW(trainable, lr=1e-2)
-    x = make_inputs = outputs  # noqa: F841 (readability: same inputs helper as other tests)
-    from conftest import tiny_inputs
-
     x = tiny_inputs(model)
     for _ in range(2):
         loss = model(**x, use_itm_head=True).itm_score.sum() + model(**x, use_itm_head=False).itm_score.sum()

@@ -7,17 +7,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _sample_rows(weights: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """One index per row from the categorical distributions `weights` [n, m] by Gumbel-max with given noise.
+def _sample_rows(logits: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """One index per row from softmax(logits) restricted to unmasked entries, by Gumbel-max with given noise.
 
-    A row whose weights are all zero (every candidate is a positive of the same image) falls back to a uniform
-    draw over all candidates, so sampling never fails; such a pair is then not a true negative, which the
-    caller counts.
+    Sampling in logit space (fp32) never underflows: a row with one dominant entry masked out still samples
+    among the others by their relative similarity, as BLIP's renormalised multinomial does. A row with every
+    entry masked (all candidates are captions of the same image) falls back to a uniform draw over all
+    entries, so sampling never fails; the caller counts those rows.
     """
-    empty = weights.sum(1) <= 0
-    w = torch.where(empty[:, None], torch.ones_like(weights), weights)
-    logits = torch.log(w.clamp_min(0)).masked_fill(w <= 0, float("-inf"))
-    return (logits + noise).argmax(1)
+    z = logits.float().masked_fill(mask, float("-inf"))
+    empty = mask.all(dim=1)
+    z = torch.where(empty[:, None], torch.zeros_like(z), z)
+    return (z + noise).argmax(1)
 
 
 class ITMLoss(nn.Module):
@@ -47,16 +48,14 @@ class ITMLoss(nn.Module):
         `neg_text_for_image`, `neg_image_for_text`, and `n_fallback` (rows without a true negative)."""
         b, n = sim_i2t.shape
         mask = image_ids.view(-1, 1) == image_ids_all.view(1, -1)
-        w_i2t = F.softmax(sim_i2t.float(), dim=1).masked_fill(mask, 0)
-        w_t2i = F.softmax(sim_t2i.float(), dim=1).masked_fill(mask, 0)
         g = torch.Generator().manual_seed(int(seed))
         # Uniform noise for the global [N, N] matrices; each rank keeps its own rows.
         u = torch.rand(2, n, n, generator=g, dtype=torch.float64).clamp_(1e-12, 1 - 1e-12)
         gumbel = -torch.log(-torch.log(u)).float().to(sim_i2t.device)
         rows = slice(self.rank * b, (self.rank + 1) * b)
-        neg_t = _sample_rows(w_i2t, gumbel[0, rows])
-        neg_i = _sample_rows(w_t2i, gumbel[1, rows])
-        fallback = (w_i2t.sum(1) <= 0).sum() + (w_t2i.sum(1) <= 0).sum()
+        neg_t = _sample_rows(sim_i2t, mask, gumbel[0, rows])
+        neg_i = _sample_rows(sim_t2i, mask, gumbel[1, rows])
+        fallback = 2 * mask.all(dim=1).sum()
         return {"neg_text_for_image": neg_t, "neg_image_for_text": neg_i, "n_fallback": fallback}
 
     def forward(self, logits_pos: torch.Tensor, logits_neg: torch.Tensor) -> torch.Tensor:

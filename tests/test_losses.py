@@ -1,0 +1,160 @@
+"""ITC, MCAM and ITM: properties from SPEC section 4, and 1 rank with batch 2B == 2 gloo ranks with batch B."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from unitrans_ds.losses import ITCLoss, ITMLoss, MCAMLoss, gather, js_divergence
+
+# ---------------------------------------------------------------- MCAM properties
+
+
+def test_js_zero_when_similarity_is_symmetric():
+    x = torch.randn(6, 8)
+    x = F.normalize(x, dim=-1)
+    # Image and text features identical -> S = X·Xᵀ is symmetric -> row i of S equals column i -> P_i = Q_i.
+    assert MCAMLoss(tau=0.07)(x, x).abs().item() < 1e-6
+
+
+def test_js_symmetric_and_bounded():
+    p = F.log_softmax(torch.randn(5, 9) * 3, dim=-1)
+    q = F.log_softmax(torch.randn(5, 9) * 3, dim=-1)
+    torch.testing.assert_close(js_divergence(p, q), js_divergence(q, p))
+    # Disjoint supports reach the bound log 2.
+    big = torch.full((1, 4), -1e4)
+    a, b = big.clone(), big.clone()
+    a[0, 0], b[0, 1] = 0.0, 0.0
+    val = js_divergence(F.log_softmax(a, -1), F.log_softmax(b, -1))
+    assert abs(val.item() - math.log(2)) < 1e-5
+    assert (js_divergence(p, q) <= math.log(2) + 1e-6).all() and (js_divergence(p, q) >= 0).all()
+
+
+def test_mcam_finite_gradients_when_softmax_saturates():
+    img = F.normalize(torch.randn(4, 16), dim=-1).requires_grad_()
+    txt = F.normalize(torch.randn(4, 16), dim=-1).requires_grad_()
+    loss = MCAMLoss(tau=1e-4)(img, txt)  # logits of order 1e4: every softmax is one-hot in fp32
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(img.grad).all() and torch.isfinite(txt.grad).all()
+
+
+def test_mcam_uses_detached_itc_temperature():
+    temp = torch.tensor(0.1, requires_grad=True)
+    img = F.normalize(torch.randn(4, 8), dim=-1)
+    txt = F.normalize(torch.randn(4, 8), dim=-1).requires_grad_()
+    MCAMLoss()(img, txt, itc_temp=temp).backward()
+    assert temp.grad is None and txt.grad is not None
+
+
+# ---------------------------------------------------------------- ITC / ITM on one rank
+
+
+def test_itc_image_id_positives():
+    torch.manual_seed(0)
+    img = F.normalize(torch.randn(4, 8), dim=-1)
+    txt = F.normalize(torch.randn(4, 8), dim=-1)
+    ids = torch.tensor([0, 0, 1, 2])
+    out = ITCLoss()(img, txt, ids, torch.tensor(0.07))
+    # By hand for row 0 (image 0): positives are texts 0 and 1 with weight 1/2 each.
+    logp = F.log_softmax(img @ txt.T / 0.07, dim=1)
+    row0 = -(logp[0, 0] + logp[0, 1]) / 2
+    targets = (ids[:, None] == ids[None]).float()
+    targets = targets / targets.sum(1, keepdim=True)
+    i2t = -(logp * targets).sum(1).mean()
+    t2i = -(F.log_softmax(txt @ img.T / 0.07, dim=1) * targets).sum(1).mean()
+    torch.testing.assert_close(out["loss_itc"], (i2t + t2i) / 2)
+    assert torch.isclose(-(logp[0] * targets[0]).sum(), row0)
+
+
+def test_itm_negatives_never_same_image_and_all_masked_row_falls_back():
+    sim = torch.randn(4, 4)
+    ids = torch.tensor([0, 0, 1, 1])
+    neg = ITMLoss().select_negatives(sim, sim.T.contiguous(), ids, ids, seed=3)
+    for i in range(4):
+        assert ids[neg["neg_text_for_image"][i]] != ids[i]
+        assert ids[neg["neg_image_for_text"][i]] != ids[i]
+    assert neg["n_fallback"].item() == 0
+    same = torch.zeros(3, dtype=torch.long)  # every entry is a positive of the same image
+    out = ITMLoss().select_negatives(torch.randn(3, 3), torch.randn(3, 3), same, same, seed=1)
+    assert out["n_fallback"].item() == 6
+    assert ((out["neg_text_for_image"] >= 0) & (out["neg_text_for_image"] < 3)).all()
+
+
+def test_itm_sampling_fp32_from_half_logits_with_extremes():
+    sim = torch.tensor([[1e4, -1e4, 0.0], [0.0, 0.0, 0.0], [-1e4, 1e4, 5.0]]).half()
+    ids = torch.tensor([0, 1, 2])
+    out = ITMLoss().select_negatives(sim, sim, ids, ids, seed=0)
+    assert torch.isfinite(out["neg_text_for_image"].float()).all()
+    assert all(out["neg_text_for_image"][i] != i for i in range(3))
+
+
+# ---------------------------------------------------------------- 1 rank x 2B == 2 ranks x B
+
+
+def _make_batch(n: int, dim: int = 16):
+    g = torch.Generator().manual_seed(11)
+    img = torch.randn(n, dim, generator=g)
+    txt = torch.randn(n, dim, generator=g)
+    emb = torch.randn(n, dim, generator=g)  # stands in for the image token features ITM cross-attends to
+    ids = torch.tensor([0, 0, 1, 2, 3, 3, 4, 5][:n])
+    head = torch.randn(dim, 2, generator=g)
+    return img, txt, emb, ids, head
+
+
+def _losses(rank: int, world: int, n_total: int):
+    """All three losses on this rank's slice; returns (losses, grads of the local leaf inputs)."""
+    img, txt, emb, ids, head = _make_batch(n_total)
+    b = n_total // world
+    sl = slice(rank * b, (rank + 1) * b)
+    img, txt, emb = (t[sl].clone().requires_grad_() for t in (img, txt, emb))
+    ids = ids[sl]
+    temp = torch.tensor(0.1)
+    fi, ft = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    itc = ITCLoss(rank, world)(fi, ft, ids, temp)
+    mcam = MCAMLoss(rank, world)(fi, ft, itc_temp=temp)
+    itm = ITMLoss(rank, world)
+    neg = itm.select_negatives(itc["sim_i2t"], itc["sim_t2i"], ids, itc["image_ids_all"], seed=5)
+    emb_all = gather(emb, world)
+    txt_all = gather(txt, world)
+
+    def fuse(e, t):  # a differentiable stand-in for the cross-attention ITM forward
+        return (e * t) @ head
+
+    pos = fuse(emb, txt)
+    neg_logits = torch.cat(
+        [fuse(emb, txt_all[neg["neg_text_for_image"]]), fuse(emb_all[neg["neg_image_for_text"]], txt)]
+    )
+    itm_loss = itm(pos, neg_logits)
+    total = itc["loss_itc"] + mcam + itm_loss
+    total.backward()
+    vals = torch.stack([itc["loss_itc"], mcam, itm_loss]).detach()
+    return vals, torch.cat([img.grad, txt.grad, emb.grad], dim=1)
+
+
+def _worker(rank: int, world: int, init_file: str, n_total: int, out_dir: str):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    vals, grads = _losses(rank, world, n_total)
+    dist.all_reduce(vals)  # average the per-rank losses, as the trainer logs them
+    torch.save({"vals": vals / world, "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_rank_with_double_batch():
+    n_total = 8
+    vals1, grads1 = _losses(0, 1, n_total)
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_worker, args=(2, os.path.join(d, "init"), n_total, d), nprocs=2, join=True)
+        r = [torch.load(os.path.join(d, f"rank{k}.pt")) for k in range(2)]
+    torch.testing.assert_close(r[0]["vals"], vals1, rtol=1e-5, atol=1e-6)
+    # DeepSpeed averages gradients over ranks; gathered losses give each rank the sum over ranks for its local
+    # part, so the local gradient divided by the world size is the 1-rank gradient of those rows.
+    got = torch.cat([r[0]["grads"], r[1]["grads"]]) / 2
+    torch.testing.assert_close(got, grads1, rtol=1e-4, atol=1e-6)
