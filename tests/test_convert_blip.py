@@ -12,6 +12,7 @@ import logging
 
 import pytest
 import torch
+from transformers import BlipForConditionalGeneration
 
 from unitrans_ds.config.schema import ModelConfig, TinyModelConfig
 from unitrans_ds.models import (
@@ -257,3 +258,42 @@ def test_cli_writes_a_loadable_folder(tmp_path, capsys):
     assert bb.newly_initialized == []
     for a, b in zip(outputs(ref, "captioning"), outputs(bb.model, "captioning")):
         assert torch.equal(a, b)
+
+
+def test_cli_converts_a_blip_vocabulary_checkpoint_without_its_tokenizer(tmp_path, monkeypatch, capsys):
+    """Offline, bert-base-uncased cannot be fetched: the weights still convert, with BLIP's token ids."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    config = tiny_blip_config(SIZES, image_size=IMAGE, vocab_size=30524, bos_token_id=30522, sep_token_id=102)
+    ref = BlipForConditionalGeneration(config).eval()
+    path = tmp_path / "model_base_caption.pth"
+    torch.save({"model": to_original_layout(ref.state_dict(), SIZES.vision_layers)}, path)
+    with pytest.raises(ModelLoadError, match="bert-base-uncased"):  # the trainer needs a tokenizer
+        load_backbone(ModelConfig(init_from=str(path), image_size=IMAGE), "captioning")
+    out = tmp_path / "hf"
+    main(["--checkpoint", str(path), "--task", "captioning", "--out", str(out)])
+    assert "no tokenizer saved" in capsys.readouterr().out
+    assert not (out / "tokenizer_config.json").exists()
+    got = BlipForConditionalGeneration.from_pretrained(out)
+    tc = got.config.text_config
+    assert (tc.vocab_size, tc.pad_token_id, tc.bos_token_id, tc.sep_token_id) == (30524, 0, 30522, 102)
+    assert all(torch.equal(v, got.state_dict()[k]) for k, v in ref.state_dict().items())
+
+
+def test_blip_base_sizes_are_inferred_from_shapes():
+    """BLIP-base shapes (built on the meta device: no memory) infer to the published BLIP-base configuration."""
+    from transformers import BlipConfig
+
+    from unitrans_ds.models import blip_config_from_state_dict
+
+    with torch.device("meta"):
+        full = TASK_CLASSES["vqa"](BlipConfig(text_config={"num_attention_heads": 12}, vision_config={}))
+    sd = {**full.state_dict(), "vision_proj.weight": torch.empty(256, 768, device="meta")}
+    hf = convert_with_report(to_original_layout(sd, 12), "vqa").state_dict
+    config = blip_config_from_state_dict(hf, pad_token_id=0, bos_token_id=30522, sep_token_id=102)
+    v, t = config.vision_config, config.text_config
+    assert (v.hidden_size, v.num_hidden_layers, v.num_attention_heads, v.intermediate_size) == (768, 12, 12, 3072)
+    assert (v.image_size, v.patch_size, v.layer_norm_eps) == (384, 16, 1e-6)
+    assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.intermediate_size) == (768, 12, 12, 3072)
+    assert (t.vocab_size, t.max_position_embeddings, t.encoder_hidden_size) == (30524, 512, 768)
+    assert config.image_text_hidden_size == 256

@@ -174,7 +174,8 @@ def _hub_kwargs(name: str, what: str) -> dict:
             return {"cache_dir": cache_dir}
         reason = f"the hub ({endpoint}) cannot be reached and the cache does not hold it"
     raise ModelLoadError(
-        f"cannot load {what} {name!r} from the HuggingFace hub: {reason} (cache: {cache_dir or 'default HF cache'}).\n"
+        f"cannot load {what} {name!r} from the HuggingFace hub (it is not a local folder): {reason} "
+        f"(cache: {cache_dir or 'default HF cache'}).\n"
         f"On a machine with internet run `huggingface-cli download {name} --local-dir DIR`, copy DIR here and set "
         "`model.init_from` (or `model.tokenizer`) to that folder; or copy a full HF cache here and set HF_HOME to it."
     )
@@ -266,7 +267,11 @@ def _build_pretrained(model_cfg: ModelConfig, task: str) -> tuple[PreTrainedMode
 
 
 def build_from_original(
-    path: str | Path, task: str, model_cfg: ModelConfig | None = None, require_tokenizer: bool = True
+    path: str | Path,
+    task: str,
+    model_cfg: ModelConfig | None = None,
+    require_tokenizer: bool = True,
+    progress: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
     """Load an original BLIP/LAVIS `.pth` into the `task`'s HF class (config inferred from the tensor shapes).
 
@@ -275,7 +280,7 @@ def build_from_original(
     a BLIP-vocabulary checkpoint whose tokenizer cannot be loaded (offline) still converts, with BLIP's ids.
     """
     cls = _check_task(task)
-    conv = convert_with_report(load_original_checkpoint(path), task)
+    conv = convert_with_report(load_original_checkpoint(path), task, progress=progress)
     sd = conv.state_dict
     # Sizes come from every BLIP part present, so a checkpoint lacking this task's part still reaches the clear
     # "lacks N weights" error below instead of failing on the config.
@@ -346,7 +351,9 @@ def load_backbone(model_cfg: ModelConfig, task: str, seed: int = 0) -> Backbone:
             f"model.init_from={source!r} is not `tiny`, an existing folder or .pth file, nor a hub name (org/name)"
         )
     if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed it; 4.x only has the old name
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     return Backbone(
         model=model,
         tokenizer=tok,

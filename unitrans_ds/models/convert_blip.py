@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     from .build import build_from_original, config_hash
 
     cfg = ModelConfig(init_from=args.checkpoint, tokenizer=args.tokenizer)
-    model, tokenizer = build_from_original(args.checkpoint, args.task, cfg, require_tokenizer=False)
+    model, tokenizer = build_from_original(args.checkpoint, args.task, cfg, require_tokenizer=False, progress=True)
     # The saved config keeps the checkpoint's own image size; interpolation is a choice made at load time.
     out = Path(args.out)
     model.save_pretrained(out)
