@@ -249,6 +249,9 @@ def test_cli_writes_a_loadable_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0 and "--checkpoint" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(tmp_path / "absent.pth"), "--task", "vqa", "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 1 and "absent.pth does not exist" in capsys.readouterr().err
     ref = reference_model("captioning")
     path = write_original(tmp_path, ref)
     out = tmp_path / "hf"

@@ -144,7 +144,7 @@ def load_original_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an original BLIP/LAVIS `.pth` safely (`weights_only=True`) and unwrap `{"model": ...}`-style wrappers."""
     path = Path(path)
     if not path.is_file():
-        raise ModelLoadError(f"checkpoint {path} does not exist; check `model.init_from`")
+        raise ModelLoadError(f"checkpoint {path} does not exist; check the path (`model.init_from`, or --checkpoint)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # the unpickler raises several types; all mean "not a plain tensor file"
@@ -263,10 +263,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from ..config.schema import ModelConfig  # the build module imports this one, so import it late
+    from .build import ModelLoadError as LoadError  # under `python -m` this module's own class is another object
     from .build import build_from_original, config_hash
 
     cfg = ModelConfig(init_from=args.checkpoint, tokenizer=args.tokenizer)
-    model, tokenizer = build_from_original(args.checkpoint, args.task, cfg, require_tokenizer=False, progress=True)
+    try:
+        model, tokenizer = build_from_original(args.checkpoint, args.task, cfg, require_tokenizer=False, progress=True)
+    except LoadError as err:
+        parser.exit(1, f"error: {err}\n")
     # The saved config keeps the checkpoint's own image size; interpolation is a choice made at load time.
     out = Path(args.out)
     model.save_pretrained(out)
