@@ -14,7 +14,12 @@ import pytest
 import torch
 from shardgen import make_image_shards, make_video_shards, video_sample, write_shards
 
-from unitrans_ds.data.loaders import build_eval_loader, build_train_loader
+from unitrans_ds.data.loaders import (
+    build_eval_loader,
+    build_train_loader,
+    eval_loader_from_config,
+    train_loader_from_config,
+)
 from unitrans_ds.data.pipeline import frame_indices
 from unitrans_ds.data.skips import SkipCounter, SkipTotals
 
@@ -270,3 +275,18 @@ def test_frames_of_one_clip_share_crop_flip_and_augmentation(tmp_path):
     for batch in tr:
         clip = batch["pixel_values"][0]
         assert all(torch.equal(clip[0], clip[t]) for t in range(1, 4))
+
+
+def test_config_entry_points_follow_the_config(shards):
+    from unitrans_ds.config.schema import Config
+
+    cfg = Config()
+    cfg.task, cfg.model.image_size = "vqa", SIZE
+    cfg.data.train_shards, cfg.data.val_shards, cfg.data.test_shards = str(shards), str(shards), None
+    cfg.train.micro_batch_size, cfg.eval.batch_size = 8, 10
+    train = train_loader_from_config(cfg, rank=0, world_size=1)
+    assert train.steps_per_epoch == 24 // 8
+    assert next(iter(train))["pixel_values"].shape == (8, 3, SIZE, SIZE)
+    val = eval_loader_from_config(cfg, "val", rank=0, world_size=1)
+    assert val.num_items == 24 and len(val) == 3
+    assert eval_loader_from_config(cfg, "test", rank=0, world_size=1) is None

@@ -177,3 +177,12 @@ def test_normalize_batch_matches_clip_formula_and_moves_channels():
     assert normalize_batch(np.zeros((2, 3, 4, 5, 3), np.uint8)).shape == (2, 3, 3, 4, 5)
     with pytest.raises(ValueError, match="uint8"):
         normalize_batch(np.zeros((2, 4, 5, 3), np.float32))
+
+
+def test_whole_pixel_translation_equals_pils_bilinear_affine():
+    from unitrans_ds.data.randaugment import _affine, _translate
+
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    for dx, dy in [(5, 0), (-5, 0), (0, 5), (0, -5), (3, -2), (50, 0)]:
+        expected = np.asarray(_affine(img, (1.0, 0.0, dx, 0.0, 1.0, dy)))
+        assert np.array_equal(np.asarray(_translate(img, float(dx), float(dy))), expected), (dx, dy)

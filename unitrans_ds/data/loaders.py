@@ -31,6 +31,7 @@ from pathlib import Path
 import webdataset as wds
 from torch.utils.data import DataLoader
 
+from unitrans_ds.config.schema import Config
 from unitrans_ds.data import pipeline as P
 from unitrans_ds.data.manifest import Manifest, read_manifest
 from unitrans_ds.data.skips import SkipCounter
@@ -266,4 +267,53 @@ def build_eval_loader(
         num_items=sum(per_worker),
         total_items=manifest.num_items(unit),
         num_batches=sum(-(-n // batch_size) for n in per_worker),
+    )
+
+
+def train_loader_from_config(
+    cfg: Config, *, rank: int, world_size: int, epoch: int = 0, hflip: bool = True
+) -> TrainLoader:
+    """`build_train_loader` with the run config's data, model and train settings (trainer entry point).
+
+    `hflip` is not in the config tree yet; callers whose data names left and right pass False.
+    """
+    d = cfg.data
+    return build_train_loader(
+        d.train_shards,
+        task=cfg.task,
+        image_size=cfg.model.image_size,
+        micro_batch_size=cfg.train.micro_batch_size,
+        rank=rank,
+        world_size=world_size,
+        num_workers=d.num_workers,
+        seed=cfg.train.seed,
+        epoch=epoch,
+        resampled=d.resampled,
+        shuffle_buffer=d.shuffle_buffer,
+        video=cfg.video,
+        num_frames=d.num_frames,
+        max_words=d.max_words,
+        hflip=hflip,
+        randaugment=d.randaugment,
+    )
+
+
+def eval_loader_from_config(cfg: Config, split: str, *, rank: int, world_size: int) -> EvalLoader | None:
+    """`build_eval_loader` for `split` (`val` or `test`) with the run config; None when that split is off."""
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    folder = cfg.data.val_shards if split == "val" else cfg.data.test_shards
+    if folder is None:
+        return None
+    return build_eval_loader(
+        folder,
+        task=cfg.task,
+        image_size=cfg.model.image_size,
+        batch_size=cfg.eval.batch_size,
+        rank=rank,
+        world_size=world_size,
+        num_workers=cfg.data.num_workers,
+        video=cfg.video,
+        num_frames=cfg.data.num_frames,
+        max_words=cfg.data.max_words,
     )
