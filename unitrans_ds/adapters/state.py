@@ -20,7 +20,8 @@ class UniTransState(nn.Module):
         self.banks = nn.ModuleDict()
         self.scales = nn.ParameterDict()
         # ITC temperature (SPEC section 5): BLIP learns it; HF's retrieval class dropped it, so it lives here.
-        self.temp = nn.Parameter(torch.tensor(float(temperature)), requires_grad=False)
+        # Shape [1], not a 0-dim scalar: DeepSpeed broadcasts parameters as byte views, which 0-dim tensors refuse.
+        self.temp = nn.Parameter(torch.tensor([float(temperature)]), requires_grad=False)
 
     def add_bank(self, name: str, bank: SharedBank) -> SharedBank:
         self.banks[name] = bank
@@ -28,7 +29,7 @@ class UniTransState(nn.Module):
 
     def add_scale(self, modality: str, learnable: bool) -> None:
         if modality not in self.scales:
-            self.scales[modality] = nn.Parameter(torch.ones(()), requires_grad=learnable)
+            self.scales[modality] = nn.Parameter(torch.ones(1), requires_grad=learnable)
 
     def temperature(self) -> torch.Tensor:
         """The ITC temperature clamped to [0.001, 0.5], as BLIP does."""

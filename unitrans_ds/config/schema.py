@@ -48,7 +48,7 @@ class ModelConfig:
         "`tiny` and `.pth` inits without one.",
         None,
     )
-    image_size: int = _help("Input image size in pixels (square). 384 for BLIP retrieval, 480 for VQA.", 384)
+    image_size: int = _help("Input image size in pixels (square). 384 for BLIP retrieval, 480 for VQA; 64 for the demo.", 64)
     tiny: TinyModelConfig = _help("Sizes for `init_from: tiny`.", factory=TinyModelConfig)
     gradient_checkpointing: bool = _help("Recompute activations in the backward pass to save memory.", False)
 
@@ -107,6 +107,11 @@ class DataConfig:
     max_words: int = _help("Captions are cut to this many words (30 image, 40 video; questions 50).", 30)
     num_frames: int = _help("Frames per video clip fed to the model.", 8)
     randaugment: bool = _help("Apply RandAugment(2, 5) in training, as BLIP.", True)
+    hflip: bool = _help(
+        "Random horizontal flip in training. BLIP flips (the paper configs set true); the demo's captions say "
+        "left/right, so the embedded default does not.",
+        False,
+    )
     answer_list: str | None = _help("VQA answer list (JSON list) for rank inference; null builds it from train.", None)
     dataset: str = _help("Data set name, used for the MLflow tag.", "shapes-b")
 

@@ -1,0 +1,388 @@
+"""The one training loop: every task, every method, every ZeRO stage.
+
+Read `train()` top to bottom: build (model, adapters, task, data, DeepSpeed engine, tracker), maybe resume,
+then for each micro batch: forward through the engine (named losses), backward, step; log, evaluate, export,
+checkpoint at their intervals; finally evaluate the best adapter on the test split. Rank 0 writes files and
+MLflow; collectives (loss averaging, save_checkpoint, ZeRO-3 gathers, evaluation) run on every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import resource
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .. import __version__
+from ..adapters import prepare_model, save_adapter, trainable_state_dict, zero3_register_external
+from ..config import Config, flatten, save_config, to_dict
+from ..data.loaders import build_train_loader
+from ..data.skips import SkipTotals
+from ..models.build import load_backbone
+from ..tasks import build_task
+from ..tracking import build_tracker
+from .checkpoint import TrainState, latest_tag, load_checkpoint, save_checkpoint
+from .distributed import barrier, init_distributed, mean_over_ranks, sum_over_ranks
+from .ds_config import bf16_supported, resolve_ds_config
+from .optim import build_optimizer, build_scheduler
+from .versions import collect_versions, git_commit
+
+log = logging.getLogger("unitrans_ds.train")
+
+#: the metric each task's `best_metric` default refers to, when the config leaves the retrieval default
+_DEFAULT_BEST = {"retrieval": "r_mean", "captioning": "CIDEr", "vqa": "overall"}
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, float]
+    state: TrainState
+    mlflow_run_id: str | None
+
+
+class _Stop:
+    """SIGTERM sets a flag; the loop saves a checkpoint at the next step boundary and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # not the main thread
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        log.warning("SIGTERM received: saving a checkpoint and stopping at the next step")
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _peak_memory_mib() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _gathered(engine, stage: int):
+    """Context that makes full trainable tensors visible under ZeRO-3 (no-op otherwise). Every rank enters."""
+    if stage != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    params = [p for p in engine.module.parameters() if p.requires_grad]
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, ds_config: str | Path, resume: str | None = None):
+        self.cfg = cfg
+        self.rank, self.world, _ = init_distributed()
+        self.run_dir = Path(cfg.train.output_dir)
+        self.resume = resume if resume is not None else cfg.train.resume
+        torch.manual_seed(cfg.train.seed)
+
+        self.ds_cfg = resolve_ds_config(ds_config, cfg, self.world, bf16_supported())
+        self.stage = int(self.ds_cfg.get("zero_optimization", {}).get("stage", 0))
+        self.train_loader = build_train_loader(
+            cfg.data.train_shards,
+            task=cfg.task,
+            image_size=cfg.model.image_size,
+            micro_batch_size=cfg.train.micro_batch_size,
+            rank=self.rank,
+            world_size=self.world,
+            num_workers=cfg.data.num_workers,
+            seed=cfg.train.seed,
+            resampled=cfg.data.resampled,
+            shuffle_buffer=cfg.data.shuffle_buffer,
+            video=cfg.video,
+            num_frames=cfg.data.num_frames,
+            max_words=cfg.data.max_words,
+            hflip=cfg.data.hflip,
+            randaugment=cfg.data.randaugment,
+        )
+        self.accum = int(self.ds_cfg["gradient_accumulation_steps"])
+        steps_per_epoch = self.train_loader.steps_per_epoch // self.accum
+        self.total_steps = cfg.train.epochs * steps_per_epoch
+        if cfg.train.max_steps:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+
+        backbone = load_backbone(cfg.model, cfg.task, seed=cfg.train.seed)
+        self.base_name, self.tokenizer = backbone.source, backbone.tokenizer
+        self.report = prepare_model(backbone.model, cfg.method)
+        if cfg.model.gradient_checkpointing:
+            backbone.model.gradient_checkpointing_enable()
+        self.task = build_task(cfg, backbone.model, self.tokenizer, self.rank, self.world)
+        optimizer = build_optimizer(self.task, cfg.optim)
+        scheduler = build_scheduler(optimizer, cfg.optim, self.total_steps)
+
+        import deepspeed
+
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=self.task, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_cfg
+        )
+        if self.stage == 3:
+            zero3_register_external(self.task.model)
+        self.tracker = build_tracker(cfg.tracking, self.rank, self.run_dir)
+        self.state = TrainState()
+        self.skips = SkipTotals()
+
+    # ------------------------------------------------------------------ set-up helpers
+    @property
+    def model(self):
+        return self.task.model
+
+    def _run_params(self) -> dict:
+        params = flatten(to_dict(self.cfg))
+        params.update({f"ds.{k}": v for k, v in flatten(self.ds_cfg).items()})
+        params.update(self.report.as_dict())
+        params.update({f"version.{k}": v for k, v in collect_versions().items()})
+        params["git_commit"] = git_commit() or "unknown"
+        params["world_size"] = self.world
+        params["zero_stage"] = self.stage
+        return params
+
+    def _start_tracking(self) -> None:
+        cfg = self.cfg
+        name = (
+            cfg.tracking.run_name or f"{cfg.task}{'-video' if cfg.video else ''}-{cfg.method.name}-{cfg.data.dataset}"
+        )
+        tags = {
+            "task": cfg.task + ("-video" if cfg.video else ""),
+            "method": cfg.method.name,
+            "dataset": cfg.data.dataset,
+            "unitrans_ds.version": __version__,
+        }
+        run_id = self.tracker.start(name, tags, self._run_params(), resume_run_id=self.state.mlflow_run_id)
+        if self.rank == 0:
+            self.state.mlflow_run_id = run_id or self.state.mlflow_run_id
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            (self.run_dir / "ds_config.json").write_text(json.dumps(self.ds_cfg, indent=2))
+            self.tracker.log_artifact(self.run_dir / "config.yaml")
+            self.tracker.log_artifact(self.run_dir / "ds_config.json")
+            print(
+                f"[unitrans_ds] {cfg.task} / {cfg.method.name}: trainable parameters\n{self.report.table()}", flush=True
+            )
+
+    def _maybe_resume(self) -> None:
+        if not self.resume:
+            return
+        ckpt_dir = (self.run_dir if self.resume == "auto" else Path(self.resume)) / "checkpoints"
+        if self.resume == "auto" and latest_tag(ckpt_dir) is None:
+            if self.rank == 0:
+                log.info("resume=auto: no checkpoint in %s yet, starting fresh", ckpt_dir)
+            return
+        names = set(trainable_state_dict(self.engine.module))
+        self.state = load_checkpoint(self.engine, ckpt_dir, self.rank, names)
+        if self.rank == 0:
+            print(f"[unitrans_ds] resumed from {ckpt_dir} at step {self.state.step}", flush=True)
+
+    # ------------------------------------------------------------------ evaluation and export
+    def export_adapter(self, name: str) -> Path | None:
+        """Collective (ZeRO-3 gathers); rank 0 writes `<run>/<name>/`."""
+        out = self.run_dir / name
+        with _gathered(self.engine, self.stage):
+            if self.rank == 0:
+                tensors = {k.removeprefix("model."): v for k, v in trainable_state_dict(self.engine.module).items()}
+                save_adapter(
+                    self.model,
+                    out,
+                    self.cfg.method,
+                    self.base_name,
+                    state_dict=tensors,
+                    extra={"step": self.state.step, "task": self.cfg.task, "video": self.cfg.video},
+                )
+        barrier()
+        return out if self.rank == 0 else None
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Collective. Metrics of the task's evaluator on `data.<split>_shards`, prefixed with the split."""
+        from ..evaluation.runner import evaluate
+
+        shards = getattr(self.cfg.data, f"{split}_shards")
+        if not shards:
+            return {}
+        out_dir = self.run_dir / "eval" / f"{split}_step{self.state.step:06d}"
+        metrics = evaluate(
+            self.task, self.cfg, shards, rank=self.rank, world_size=self.world, out_dir=out_dir, merge=self.stage != 3
+        )
+        if self.rank == 0 and out_dir.is_dir():
+            self.tracker.log_artifact(out_dir, artifact_path=f"eval/{out_dir.name}")
+        return {f"{split}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+    def _best_key(self) -> str:
+        metric = self.cfg.train.best_metric
+        if metric == "r_mean" and self.cfg.task != "retrieval":
+            metric = _DEFAULT_BEST[self.cfg.task]
+        return f"val/{metric}"
+
+    def _validate_and_export(self) -> dict[str, float]:
+        metrics = self.evaluate("val")
+        self.export_adapter("adapter_last")
+        key = self._best_key()
+        if key in metrics and (self.state.best_metric is None or metrics[key] > self.state.best_metric):
+            self.state.best_metric, self.state.best_step = metrics[key], self.state.step
+            self.export_adapter("adapter_best")
+        elif metrics and key not in metrics and self.rank == 0:
+            log.warning("best_metric %s is not among the validation metrics %s", key, sorted(metrics))
+        return metrics
+
+    # ------------------------------------------------------------------ the loop
+    def _log_train(self, sums: dict[str, float], n: int, t0: float, samples: int) -> None:
+        means = mean_over_ranks({k: v / max(n, 1) for k, v in sums.items()}, self.task.device)
+        skipped = sum_over_ranks(
+            self.skips.totals(), self.task.device, ["shard_read", "bad_json", "incomplete_sample", "image_decode"]
+        )
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        metrics = {f"train/{k}": v for k, v in means.items()}
+        metrics.update(
+            {
+                "train/lr": self.scheduler.get_last_lr()[0],
+                "train/samples_per_s": samples * self.world / elapsed,
+                "train/step_time_s": elapsed / max(n, 1),
+                "train/peak_memory_mib": _peak_memory_mib(),
+                "train/epoch": self.state.epoch,
+                "train/skipped_samples": float(sum(skipped.values())),
+            }
+        )
+        metrics.update({f"train/skipped_{k}": float(v) for k, v in skipped.items()})
+        self.tracker.log_metrics(metrics, self.state.step)
+        if self.rank == 0:
+            tqdm.write(
+                f"step {self.state.step}/{self.total_steps} loss {metrics.get('train/loss', float('nan')):.4f} "
+                f"lr {metrics['train/lr']:.2e} {metrics['train/samples_per_s']:.1f} samples/s"
+            )
+
+    def _train_loop(self, stop: _Stop) -> str:
+        cfg = self.cfg.train
+        bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", disable=self.rank != 0)
+        sums: dict[str, float] = {}
+        n, samples, t0 = 0, 0, time.perf_counter()
+        self.engine.train()
+        while self.state.step < self.total_steps:
+            self.train_loader.set_epoch(self.state.epoch, start_step=self.state.step_in_epoch)
+            for batch in self.train_loader:
+                self.skips.update(batch)
+                losses = self.engine(batch, step=self.state.micro_step)
+                if not torch.isfinite(losses["loss"]):
+                    raise FloatingPointError(
+                        f"non-finite loss {losses['loss'].item()} at step {self.state.step}; lower optim.lr or check the data"
+                    )
+                self.engine.backward(losses["loss"])
+                self.engine.step()
+                b = self.task.samples_in(batch)
+                self.state.micro_step += 1
+                self.state.step_in_epoch += 1
+                self.state.samples_seen += b * self.world
+                samples += b
+                n += 1
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                if self.state.micro_step % self.accum:  # DeepSpeed steps the optimizer every `accum` micro steps
+                    continue
+                self.state.step += 1
+                bar.update(1)
+                step = self.state.step
+                if step % cfg.log_every == 0 or step == self.total_steps:
+                    self._log_train(sums, n, t0, samples)
+                    sums, n, samples, t0 = {}, 0, 0, time.perf_counter()
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
+                    self.tracker.log_metrics(self._validate_and_export(), step)
+                    self.engine.train()
+                if (cfg.save_every and step % cfg.save_every == 0) or stop.requested:
+                    save_checkpoint(self.engine, self.run_dir / "checkpoints", self.state, self.rank, cfg.keep_last)
+                if stop.requested:
+                    bar.close()
+                    return "KILLED"
+                if step >= self.total_steps:
+                    break
+            else:
+                self.skips.end_epoch()
+                self.state.epoch += 1
+                self.state.step_in_epoch = 0
+        bar.close()
+        return "FINISHED"
+
+    def run(self) -> RunResult:
+        self._maybe_resume()
+        self._start_tracking()
+        status = "FAILED"
+        metrics: dict[str, float] = {}
+        try:
+            with _Stop() as stop:
+                if self.state.step == 0 and self.cfg.train.zero_shot_eval and self.cfg.data.val_shards:
+                    before = self.evaluate("val")
+                    self.tracker.log_metrics(before, 0)
+                    metrics.update({k.replace("val/", "val_before/"): v for k, v in before.items()})
+                    self.engine.train()
+                status = self._train_loop(stop)
+            if status == "FINISHED":
+                metrics.update(self._finish())
+            self.tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("val_before/")}, 0)
+        except BaseException:
+            self.tracker.finish("FAILED")
+            raise
+        self.tracker.finish(status)
+        return RunResult(self.run_dir, metrics, self.state, self.state.mlflow_run_id)
+
+    def _finish(self) -> dict[str, float]:
+        """Final validation (best adapter), adapter export, test evaluation with the best adapter, checkpoint."""
+        final = self._validate_and_export() if self.cfg.data.val_shards else {}
+        self.tracker.log_metrics(final, self.state.step)
+        out = self.export_adapter("adapter_final")
+        if self.rank == 0:
+            self.tracker.log_artifact(out, artifact_path="adapter_final")
+            if (self.run_dir / "adapter_best").is_dir():
+                self.tracker.log_artifact(self.run_dir / "adapter_best", artifact_path="adapter_best")
+        test = self._test_with_best()
+        self.tracker.log_metrics(test, self.state.step)
+        if self.cfg.train.save_every:
+            save_checkpoint(self.engine, self.run_dir / "checkpoints", self.state, self.rank, self.cfg.train.keep_last)
+        metrics = {**final, **test}
+        if self.rank == 0:
+            (self.run_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        return metrics
+
+    def _test_with_best(self) -> dict[str, float]:
+        if not self.cfg.data.test_shards:
+            return {}
+        best = self.run_dir / "adapter_best" / "adapter_model.safetensors"
+        use_best = self.stage != 3 and self.state.best_step not in (None, self.state.step) and best.is_file()
+        if not use_best:
+            return self.evaluate("test")
+        from safetensors.torch import load_file
+
+        current = {k: v.clone() for k, v in trainable_state_dict(self.engine.module).items()}
+        params = dict(self.engine.module.named_parameters())
+        with torch.no_grad():
+            for k, v in load_file(str(best)).items():
+                params["model." + k].copy_(v)
+        try:
+            return self.evaluate("test")
+        finally:
+            with torch.no_grad():
+                for k, v in current.items():
+                    params[k].copy_(v)
+
+
+def train(cfg: Config, ds_config: str | Path, resume: str | None = None) -> RunResult:
+    """Build everything and run. Returns the run folder, the final metrics and the train state."""
+    trainer = Trainer(cfg, ds_config, resume)
+    result = trainer.run()
+    if trainer.rank == 0:
+        shown = {k: round(v, 4) for k, v in sorted(result.metrics.items()) if not math.isnan(v)}
+        print(f"[unitrans_ds] done: {json.dumps(shown)}\n[unitrans_ds] run folder: {result.run_dir}", flush=True)
+    return result
