@@ -415,3 +415,28 @@ def test_rerun_redoes_a_damaged_shard(tmp_path):
     assert _cli([*common, "--out", str(crashed)]).returncode == 0
     assert (crashed / "manifest.json").read_text() == (clean / "manifest.json").read_text()
     assert (crashed / "shard-000001.tar").read_bytes() == (clean / "shard-000001.tar").read_bytes()
+
+
+def test_arguments_the_format_never_reads_are_refused(tmp_path, capsys):
+    assert (
+        run(
+            "--format",
+            "shapes",
+            "--domain",
+            "a",
+            "--num-samples",
+            "2",
+            "--max-side",
+            "32",
+            "--out",
+            str(tmp_path / "o"),
+        )
+        == 2
+    )
+    assert "--max-side not used by --format shapes" in capsys.readouterr().err
+    ann = FORMATS / "blip_flickr30k_test_records.json"
+    assert (
+        run("--format", "flickr30k-karpathy", "--annotations", str(ann), "--domain", "b", "--out", str(tmp_path / "p"))
+        == 2
+    )
+    assert "--domain not used" in capsys.readouterr().err

@@ -396,6 +396,22 @@ def _results(items: list[SourceItem], opts: ConvertOptions, workers: int):
         yield from pool.imap(_convert_in_worker, items, chunksize=chunk)
 
 
+def _refuse_unused_args(job: ShardJob) -> None:
+    """An argument the format never reads is an error, not silently ignored."""
+    unused = {
+        "--questions": job.questions is not None and job.format != "vqav2",
+        "--split-file": job.split_file is not None and job.format != "msrvtt",
+        "--domain": job.domain is not None and job.format != "shapes",
+        "--num-samples": job.num_samples is not None and job.format != "shapes",
+        "--annotations": job.annotations is not None and job.format == "shapes",
+        "--media-root": job.media_root is not None and job.format == "shapes",
+        "--max-side": job.max_side is not None and job.format == "shapes",
+    }
+    named = [arg for arg, bad in unused.items() if bad]
+    if named:
+        raise ShardError(f"{', '.join(named)} not used by --format {job.format}; drop it (see --help)")
+
+
 def make_shards(job: ShardJob) -> dict[str, Any]:
     """Convert `job`'s annotations and media into shards under `job.out`; returns the manifest.
 
@@ -406,6 +422,7 @@ def make_shards(job: ShardJob) -> dict[str, Any]:
         raise ShardError(f"--shard-size must be at least 1, got {job.shard_size}")
     if job.frames < 1:
         raise ShardError(f"--frames must be at least 1, got {job.frames}")
+    _refuse_unused_args(job)
     items = parse(job.format, job.parse_request())
     if not items:
         raise ShardError(f"{job.annotations}: no images or videos found for split {job.split!r}")
