@@ -19,6 +19,7 @@ _EXPORTS = {
     "load_backbone": ".build",
     "resolve_tokenizer": ".build",
     "ModelLoadError": ".convert_blip",
+    "architecture_signature": ".signature",
     "blip_config_from_state_dict": ".convert_blip",
     "convert_blip_state_dict": ".convert_blip",
     "convert_with_report": ".convert_blip",

@@ -6,8 +6,6 @@ text pipelines (`enc_token_id`, `bos_token_id`). Freezing and adapter injection 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import socket
@@ -19,7 +17,6 @@ import torch
 from transformers import (
     AutoTokenizer,
     BertTokenizer,
-    BlipConfig,
     BlipForConditionalGeneration,
     BlipForImageTextRetrieval,
     BlipForQuestionAnswering,
@@ -35,6 +32,7 @@ from .convert_blip import (
     load_original_checkpoint,
     summarize_keys,
 )
+from .signature import config_hash  # the one definition, shared with the adapter export
 from .tiny import demo_tokenizer, tiny_blip_config
 
 logger = logging.getLogger(__name__)
@@ -46,11 +44,6 @@ TASK_CLASSES: dict[str, type[PreTrainedModel]] = {
 }
 ORIGINAL_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 BLIP_BERT_VOCAB = 30524  # bert-base-uncased (30522) + [DEC] + [ENC]
-# Config fields that name where a config came from rather than what it builds; left out of `config_hash`.
-# `architectures` is the head class of the checkpoint it was saved from, which the task (not the hash) decides.
-_UNHASHED = frozenset(
-    {"transformers_version", "_name_or_path", "name_or_path", "dtype", "torch_dtype", "architectures"}
-)
 _TRUE = {"1", "on", "yes", "true"}
 
 
@@ -69,20 +62,6 @@ class Backbone:
     task: str
     needs_interpolation: bool = False
     newly_initialized: list[str] = field(default_factory=list)
-
-
-def config_hash(config: BlipConfig) -> str:
-    """16 hex chars of sha256 over the canonical JSON (sorted keys) of `config`, without provenance fields."""
-
-    def clean(obj):
-        if isinstance(obj, dict):
-            return {k: clean(v) for k, v in obj.items() if k not in _UNHASHED}
-        if isinstance(obj, (list, tuple)):
-            return [clean(v) for v in obj]
-        return obj
-
-    text = json.dumps(clean(config.to_dict()), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _special_id(tokenizer: PreTrainedTokenizerBase, token: str, role: str) -> int:
