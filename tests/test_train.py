@@ -1,0 +1,200 @@
+"""End-to-end training through the real launcher: DeepSpeed with gloo ranks, real shards, a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def make_shapes(out: Path, split: str, n: int, shard_size: int, task_set: str = "image", seed: int = 0) -> Path:
+    folder = out / split
+    subprocess.run(
+        [sys.executable, "-m", "unitrans_ds.make_shards", "--format", "shapes", "--domain", "b", "--split", split,
+         "--num-samples", str(n), "--shard-size", str(shard_size), "--task-set", task_set, "--seed", str(seed),
+         "--out", str(folder), "--no-progress"],
+        check=True, cwd=ROOT, capture_output=True,
+    )  # fmt: skip
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shards")
+    make_shapes(root, "train", 64, 16)
+    make_shapes(root, "val", 16, 8, seed=1)
+    make_shapes(root, "test", 16, 8, seed=2)
+    return root
+
+
+def common(shards: Path, out: Path, steps: int = 3) -> list[str]:
+    return [
+        f"data.train_shards={shards / 'train'}",
+        f"data.val_shards={shards / 'val'}",
+        f"data.test_shards={shards / 'test'}",
+        f"train.output_dir={out}",
+        f"train.max_steps={steps}",
+        "train.micro_batch_size=4",
+        "train.global_batch_size=8",
+        "train.log_every=1",
+        "train.zero_shot_eval=false",
+        "model.image_size=32",
+        "method.rank=4",
+        "eval.k_test=4",
+        "eval.batch_size=8",
+        "eval.vqa_k_test=8",
+        "eval.max_length=8",
+        "eval.min_length=2",
+    ]
+
+
+def launch(args: list[str], ranks: int, env: dict | None = None, ds: str = "zero2", timeout: int = 420):
+    """Run launchers/train.py: with the deepspeed launcher for 2 ranks, as plain python for 1."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1", **(env or {})}
+    cmd = [sys.executable, "launchers/train.py", "--ds_config", f"ds_configs/{ds}.json", *args]
+    if ranks > 1:
+        port = str(29500 + os.getpid() % 1000)
+        cmd = [str(BIN / "deepspeed"), "--num_accelerators", str(ranks), "--master_port", port, *cmd[1:]]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def ok(proc) -> None:
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["retrieval", "captioning", "vqa"])
+def test_two_ranks_zero2_each_task_with_mlflow(task, shards, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "run"
+    proc = launch(
+        [f"task={task}", "tracking.experiment=it", *common(shards, out)], ranks=2, env={"MLFLOW_TRACKING_URI": uri}
+    )
+    ok(proc)
+    final = json.loads((out / "final_metrics.json").read_text())
+    key = {"retrieval": "test/r_mean", "captioning": "test/CIDEr", "vqa": "test/overall"}[task]
+    assert key in final, sorted(final)
+    assert (out / "adapter_final" / "adapter_model.safetensors").is_file()
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("it")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    p, m, tags = run.data.params, run.data.metrics, run.data.tags
+    assert p["method"] == "unitrans" and p["task"] == task and p["world_size"] == "2"
+    assert int(p["params.trainable"]) > 0 and int(p["params.total"]) > int(p["params.trainable"])
+    assert {"version.torch", "version.transformers", "version.deepspeed", "version.unitrans_ds", "git_commit"} <= set(p)
+    assert p["ds.zero_optimization.stage"] == "2" and p["ds.train_micro_batch_size_per_gpu"] == "4"
+    assert {"train/loss", "train/lr", "train/samples_per_s", "train/step_time_s", "train/peak_memory_mib"} <= set(m)
+    assert key in m
+    assert tags["task"] == task and tags["method"] == "unitrans" and tags["dataset"] == "shapes-b"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "ds_config.json", "adapter_final"} <= artifacts
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [h.step for h in history] == [1, 2, 3]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["zero0", "zero1", "zero3"])
+def test_other_zero_stages(stage, shards, tmp_path):
+    out = tmp_path / "run"
+    args = [*common(shards, out, steps=2), "data.test_shards=null", "tracking.enabled=false"]
+    ok(launch(args, ranks=2, ds=stage))
+    tensors = load_file(str(out / "adapter_final" / "adapter_model.safetensors"))
+    assert tensors and all(t.numel() > 0 for t in tensors.values())  # ZeRO-3 gathered full tensors
+    assert "val/r_mean" in json.loads((out / "final_metrics.json").read_text())
+
+
+def _wait_for_step(metrics: Path, step: int, proc, timeout: float = 300) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before step {step}: {proc.stderr.read()[-3000:]}")
+        if metrics.is_file():
+            steps = [json.loads(line).get("step", 0) for line in metrics.read_text().splitlines() if line.strip()]
+            if steps and max(steps) >= step:
+                return
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for training progress")
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_equals_uninterrupted_run(shards, tmp_path):
+    steps = 10
+    base = [
+        *common(shards, tmp_path / "x", steps=steps),
+        "data.val_shards=null",
+        "data.test_shards=null",
+        "tracking.enabled=false",
+    ]
+    straight = tmp_path / "straight"
+    ok(launch([*base, f"train.output_dir={straight}"], ranks=1))
+
+    broken = tmp_path / "broken"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "launchers/train.py", "--ds_config", "ds_configs/zero2.json", *base, f"train.output_dir={broken}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_for_step(broken / "metrics.jsonl", 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    state = json.loads(
+        (broken / "checkpoints" / (broken / "checkpoints" / "latest").read_text() / "train_state.json").read_text()
+    )
+    assert 2 <= state["step"] < steps, "the SIGTERM checkpoint should sit mid-run"
+    assert not (broken / "adapter_final").exists()
+
+    ok(launch([*base, f"train.output_dir={broken}", "--resume"], ranks=1))
+    a = load_file(str(straight / "adapter_final" / "adapter_model.safetensors"))
+    b = load_file(str(broken / "adapter_final" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after resume")
+
+    # The checkpoint holds trainable state only: no frozen backbone tensor.
+    tag = (broken / "checkpoints" / "latest").read_text()
+    sd = torch.load(broken / "checkpoints" / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    assert set(sd["module"]) == {"model." + k for k in a}
+
+
+def test_unreachable_tracking_server_keeps_metrics(shards, tmp_path):
+    out = tmp_path / "run"
+    args = [*common(shards, out, steps=2), "data.val_shards=null", "data.test_shards=null"]
+    proc = launch(args, ranks=1, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    ok(proc)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sorted({x["step"] for x in lines if "train/loss" in x}) == [1, 2]
+    assert "metrics.jsonl" in proc.stderr + proc.stdout  # the warning says where the metrics went
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["trian.epochs=2"], "unknown key `trian`"),
+        (["optim.lr=fast"], "`optim.lr` must be a number"),
+        (["train.micro_batch_size=3", "train.global_batch_size=8"], "global_batch_size"),
+        (["data.train_shards=/nonexistent/shards"], "/nonexistent/shards holds no manifest.json"),
+    ],
+)
+def test_bad_configs_fail_with_one_clear_message(args, needle, tmp_path):
+    proc = launch([*args, f"train.output_dir={tmp_path}"], ranks=1, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
