@@ -11,7 +11,8 @@ times, with the same number of DataLoader workers and the training transforms at
   resize, flip, RandAugment, then a per-sample float tensor and normalization (what torchvision's
   ToTensor + Normalize do).
 Reported: images per wall-clock second (and per worker; workers = 0 counts as one, the main process), and
-images per CPU second of the loading processes, which is the per-core rate even on a shared, busy machine. Run: `python benchmarks/bench_loader.py --help`.
+CPU milliseconds per image in the main process and in the workers, whose sum gives the rate of one dedicated
+core even on a shared, busy machine. Run: `python benchmarks/bench_loader.py --help`.
 """
 
 from __future__ import annotations
@@ -137,34 +138,38 @@ class FolderDataset(Dataset):
 
 
 def collate_uint8(items: list[np.ndarray]) -> torch.Tensor:
-    return normalize_batch(np.stack(items))
+    """Stack in the worker, hand over uint8; `measure` normalizes in this process, as the shard loader does."""
+    return torch.from_numpy(np.stack(items))
 
 
-def _cpu_seconds(workers: int) -> float:
-    """CPU time of the processes doing the loading: finished (joined) worker processes, or this one."""
+def _cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds of this process, which receives and normalizes batches; of its finished worker processes)."""
     t = os.times()
-    return t.children_user + t.children_system if workers > 0 else t.user + t.system
+    return t.user + t.system, t.children_user + t.children_system
 
 
-def measure(make_iter, passes: int, workers: int, desc: str) -> tuple[float, float]:
-    """(images per wall second, images per loading-CPU second) over `passes` full passes.
+def measure(make_iter, passes: int, desc: str) -> tuple[float, float, float]:
+    """(images per wall second, main-process CPU ms per image, worker CPU ms per image) over `passes` passes.
 
     Full passes, so every batch a worker prepares is consumed; the iterator is dropped after each pass so
-    its workers exit and their CPU time is counted. The CPU figure is what one dedicated core would give,
-    which stays meaningful on a machine shared with other jobs; the wall figure is what this run saw.
+    its workers exit and their CPU time is counted. CPU per image is what stays meaningful on a machine
+    shared with other jobs; 1000 / (main + worker ms) is the rate of one dedicated core.
     """
-    images, wall0, cpu0 = 0, time.perf_counter(), _cpu_seconds(workers)
+    images, wall0, (main0, work0) = 0, time.perf_counter(), _cpu_seconds()
     with tqdm(desc=desc, unit="img") as bar:
         for p in range(passes):
             it = make_iter(p)
             for batch in it:
                 x = batch["pixel_values"] if isinstance(batch, dict) else batch
+                if x.dtype == torch.uint8:
+                    x = normalize_batch(x)
                 images += x.shape[0]
                 bar.update(x.shape[0])
             del it
             gc.collect()
-    wall, cpu = time.perf_counter() - wall0, _cpu_seconds(workers) - cpu0
-    return images / wall, images / cpu
+    wall = time.perf_counter() - wall0
+    main1, work1 = _cpu_seconds()
+    return images / wall, 1000 * (main1 - main0) / images, 1000 * (work1 - work0) / images
 
 
 def main() -> None:
@@ -197,7 +202,7 @@ def main() -> None:
             loader.set_epoch(p)
             return iter(loader)
 
-        rows = [("shards (ours)", *measure(shard_iter, args.passes, args.workers, "shards"))]
+        rows = [("shards (ours)", *measure(shard_iter, args.passes, "shards"))]
         for name, naive in (("folder, same transforms", False), ("folder, LAVIS-style naive", True)):
             dl = DataLoader(
                 FolderDataset(folder, args.size, naive, args.seed),
@@ -207,15 +212,20 @@ def main() -> None:
                 collate_fn=None if naive else collate_uint8,
                 drop_last=True,
             )
-            rows.append((name, *measure(lambda p, dl=dl: iter(dl), args.passes, args.workers, name)))
+            rows.append((name, *measure(lambda p, dl=dl: iter(dl), args.passes, name)))
 
     print(
         f"\n{args.images} JPEGs 640x480 -> {args.size}px train transforms, batch {args.batch}, workers {args.workers}"
     )
-    print(f"{'loader':<28}{'img/s wall':>12}{'per worker':>12}{'img/CPU-s':>12}")
-    for name, wall_rate, cpu_rate in rows:
-        print(f"{name:<28}{wall_rate:>12.1f}{wall_rate / per_worker:>12.1f}{cpu_rate:>12.1f}")
-    print("img/CPU-s: images per CPU second of the loading processes, i.e. per dedicated core.")
+    print(
+        f"{'loader':<28}{'img/s wall':>11}{'per worker':>11}{'main ms/img':>12}{'worker ms/img':>14}{'img/core-s':>11}"
+    )
+    for name, rate, main_ms, work_ms in rows:
+        print(
+            f"{name:<28}{rate:>11.1f}{rate / per_worker:>11.1f}{main_ms:>12.2f}{work_ms:>14.2f}"
+            f"{1000 / (main_ms + work_ms):>11.1f}"
+        )
+    print("CPU columns: CPU time per image in this process and in the workers; img/core-s = 1000 / their sum.")
 
 
 if __name__ == "__main__":

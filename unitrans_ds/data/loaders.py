@@ -4,7 +4,8 @@ Who calls what: the trainer builds one `TrainLoader` per run with its rank and w
 reads torch.distributed), calls `set_epoch(epoch, start_step)` before each pass, and iterates; evaluators build
 an `EvalLoader` per split and gather `num_items` results per rank.
 
-Batch formats (all dicts; `pixel_values` is float32 normalized with CLIP mean/std, [B, 3, H, W] for images and
+Batch formats (all dicts; `pixel_values` is float32 normalized with CLIP mean/std (workers hand over uint8 and
+the loader normalizes in the consuming process, on `device` if given), [B, 3, H, W] for images and
 [B, T, 3, H, W] for video, whose batches also carry `frame_times` [B, T] in seconds; every batch carries
 `skipped`, the {kind: count} of its worker's current pass, and `worker_id`, for `skips.SkipTotals`):
 - retrieval / captioning train: `text` list[str], `image_idx` int64 [B] (stable per image id, so captions of
@@ -24,10 +25,11 @@ over all ranks and workers, in a fixed order, with a partial last batch per work
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
@@ -36,10 +38,20 @@ from unitrans_ds.data import pipeline as P
 from unitrans_ds.data.manifest import Manifest, read_manifest
 from unitrans_ds.data.skips import SkipCounter
 from unitrans_ds.data.text import MAX_CAPTION_WORDS, MAX_QUESTION_WORDS, MAX_VIDEO_CAPTION_WORDS
-from unitrans_ds.data.transforms import EvalTransform, TrainTransform
+from unitrans_ds.data.transforms import EvalTransform, TrainTransform, normalize_batch
 
 _ITEM_UNIT = {"retrieval": "captions", "captioning": "captions", "vqa": "questions"}
 _EVAL_UNIT = {"retrieval": "samples", "captioning": "samples", "vqa": "questions"}
+
+
+def _normalized(batches: Iterable[dict], device: torch.device | None) -> Iterator[dict]:
+    """The last step of every loader, in the consuming process: uint8 pixels -> normalized float (on `device`)."""
+    for batch in batches:
+        pixels = batch["pixel_values"]
+        if device is not None:
+            pixels = pixels.to(device, non_blocking=True)
+        batch["pixel_values"] = normalize_batch(pixels)
+        yield batch
 
 
 @dataclass
@@ -57,6 +69,7 @@ class TrainLoader:
     micro_batch_size: int
     world_size: int
     shared: P.SharedEpoch
+    device: torch.device | None = None
 
     @property
     def items_per_epoch(self) -> int:
@@ -69,7 +82,7 @@ class TrainLoader:
         self.shared.set(epoch, start_step)
 
     def __iter__(self) -> Iterator[dict]:
-        return iter(self.dataloader)
+        return _normalized(self.dataloader, self.device)
 
     def __len__(self) -> int:
         return self.steps_per_epoch - self.shared.get()[1]
@@ -85,9 +98,10 @@ class EvalLoader:
     num_items: int
     total_items: int
     num_batches: int
+    device: torch.device | None = None
 
     def __iter__(self) -> Iterator[dict]:
-        return iter(self.dataloader)
+        return _normalized(self.dataloader, self.device)
 
     def __len__(self) -> int:
         return self.num_batches
@@ -162,11 +176,13 @@ def build_train_loader(
     skip_warn_interval: float = 60.0,
     pin_memory: bool = False,
     persistent_workers: bool = False,
+    device: torch.device | str | None = None,
 ) -> TrainLoader:
     """Training loader for `task` over the shards folder `shards` (with manifest.json).
 
     `hflip=False` turns off the horizontal flip (for data whose text says "left"/"right"). `video=None`
-    follows the manifest. `max_words` defaults to 30 (images) or 40 (video) caption words.
+    follows the manifest. `max_words` defaults to 30 (images) or 40 (video) caption words. With `device`,
+    pixels travel as uint8 to that device and are normalized there (pair with `pin_memory=True` on GPU).
     """
     _check_common(task, rank, world_size, num_workers, micro_batch_size, "micro_batch_size")
     manifest = read_manifest(shards)
@@ -214,6 +230,7 @@ def build_train_loader(
         micro_batch_size=micro_batch_size,
         world_size=world_size,
         shared=shared,
+        device=None if device is None else torch.device(device),
     )
 
 
@@ -232,6 +249,7 @@ def build_eval_loader(
     max_question_words: int = MAX_QUESTION_WORDS,
     skip_warn_interval: float = 60.0,
     pin_memory: bool = False,
+    device: torch.device | str | None = None,
 ) -> EvalLoader:
     """Evaluation loader: every sample (VQA: every question) exactly once over all ranks and workers.
 
@@ -267,6 +285,7 @@ def build_eval_loader(
         num_items=sum(per_worker),
         total_items=manifest.num_items(unit),
         num_batches=sum(-(-n // batch_size) for n in per_worker),
+        device=None if device is None else torch.device(device),
     )
 
 
