@@ -290,3 +290,30 @@ def test_config_entry_points_follow_the_config(shards):
     val = eval_loader_from_config(cfg, "val", rank=0, world_size=1)
     assert val.num_items == 24 and len(val) == 3
     assert eval_loader_from_config(cfg, "test", rank=0, world_size=1) is None
+
+
+def test_shards_with_nothing_usable_fail_instead_of_looping_forever(tmp_path):
+    make_image_shards(tmp_path / "g", n=4, per_shard=2, captions=1)
+    for tar in (tmp_path / "g").glob("*.tar"):
+        with tarfile.open(tar) as tf:
+            members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+        with tarfile.open(tar, "w") as tf:
+            for m, data in members:
+                if m.name.endswith(".jpg"):
+                    data = b"garbage" * 20
+                    m.size = len(data)
+                tf.addfile(m, io.BytesIO(data))
+    loader = build_train_loader(tmp_path / "g", task="retrieval", image_size=SIZE, micro_batch_size=2)
+    with pytest.raises(RuntimeError, match="in a row could not be decoded"):
+        list(loader)
+    for tar in (tmp_path / "g").glob("*.tar"):
+        tar.write_bytes(b"not a tar file at all" * 100)
+    with pytest.raises(RuntimeError, match="gave no valid sample"):
+        list(build_train_loader(tmp_path / "g", task="retrieval", image_size=SIZE, micro_batch_size=2))
+
+
+def test_device_option_gives_the_same_batches(shards):
+    kw = dict(task="retrieval", image_size=SIZE, micro_batch_size=4, seed=2)
+    plain = next(iter(build_train_loader(shards, **kw)))
+    on_device = next(iter(build_train_loader(shards, device="cpu", **kw)))
+    assert torch.equal(plain["pixel_values"], on_device["pixel_values"])

@@ -39,6 +39,7 @@ from unitrans_ds.data.text import normalize_answer_text, pre_caption, pre_questi
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 _FRAME_KEY = re.compile(r"^f(\d{3})\.(jpg|jpeg|png|webp)$")
 TASKS = ("retrieval", "captioning", "vqa")
+MAX_CONSECUTIVE_FAILURES = 1000
 
 
 def stable_seed(*parts: object) -> int:
@@ -329,7 +330,9 @@ class DecodeItems:
     """Decode and transform the image (or the chosen frames) of each item into uint8 `pixels`.
 
     Train items get `random.Random(seed, epoch, rank, worker, number)`, shared by all frames of a clip so
-    that a clip is cropped, flipped and augmented as one. Undecodable bytes are counted and the item dropped.
+    that a clip is cropped, flipped and augmented as one. Undecodable bytes are counted and the item dropped;
+    `MAX_CONSECUTIVE_FAILURES` in a row is an error (a training stream would otherwise loop forever over
+    shards whose images all fail).
     """
 
     def __init__(
@@ -353,6 +356,7 @@ class DecodeItems:
         return random.Random(stable_seed(self.seed, st.epoch, self.rank, st.logical, item["number"]))
 
     def __call__(self, items: Iterable[dict]) -> Iterator[dict]:
+        failures = 0
         for item in items:
             try:
                 if "frames" in item:
@@ -368,7 +372,14 @@ class DecodeItems:
                     pixels = self.transform(item["image"], self._rng(item))
             except Exception as exn:  # PIL raises many types on garbage bytes; all mean "cannot decode"
                 self.counter.skip("image_decode", f"{item['key']}: {exn!r}"[:500])
+                failures += 1
+                if failures >= MAX_CONSECUTIVE_FAILURES:
+                    raise RuntimeError(
+                        f"{failures} images in a row could not be decoded (last: {item['key']}: {exn!r}); the "
+                        "shards look broken. Check them, or rewrite them with `python -m unitrans_ds.make_shards`."
+                    ) from exn
                 continue
+            failures = 0
             out = {k: v for k, v in item.items() if k not in ("image", "frames")}
             out["pixels"] = pixels
             yield out
