@@ -378,11 +378,26 @@ class Trainer:
                     params[k].copy_(v)
 
 
+_HEADLINE = ("txt_r1", "img_r1", "r_mean", "CIDEr", "Bleu_4", "overall", "accuracy")
+
+
+def _print_gain(metrics: dict[str, float]) -> None:
+    """`val R@1 before -> after` lines for the headline metrics, when a zero-shot evaluation ran first."""
+    for name in _HEADLINE:
+        before, after = metrics.get(f"val_before/{name}"), metrics.get(f"val/{name}")
+        if before is not None and after is not None:
+            print(
+                f"[unitrans_ds] val {name}: {before:.2f} before -> {after:.2f} after ({after - before:+.2f})",
+                flush=True,
+            )
+
+
 def train(cfg: Config, ds_config: str | Path, resume: str | None = None) -> RunResult:
     """Build everything and run. Returns the run folder, the final metrics and the train state."""
     trainer = Trainer(cfg, ds_config, resume)
     result = trainer.run()
     if trainer.rank == 0:
+        _print_gain(result.metrics)
         shown = {k: round(v, 4) for k, v in sorted(result.metrics.items()) if not math.isnan(v)}
         print(f"[unitrans_ds] done: {json.dumps(shown)}\n[unitrans_ds] run folder: {result.run_dir}", flush=True)
     return result
