@@ -85,7 +85,7 @@ def score_and_write(records: list[dict[str, Any]], out_dir: Path, split: str) ->
     scores = score_captions([r for r in results if r["image_id"] in refs], refs, spice="auto")
     reason = scores.pop("spice_skipped_reason", None)
     if reason is not None:
-        print(f"[unitrans_ds] captioning: SPICE not computed ({reason})", flush=True)
+        print(f"[unitrans_ds] captioning: SPICE not computed: {reason.split(';')[0]}", flush=True)
     return {k: float(v) for k, v in scores.items()}
 
 

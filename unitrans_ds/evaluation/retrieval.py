@@ -4,17 +4,20 @@ Called by `evaluation.runner.evaluate` (trainer and `launchers/eval.py`), on eve
 rank's eval loader. Steps:
 
 1. Encode this rank's images (or videos): ITC features, and vision token features kept in a `TokenStore` (half
-   precision on CPU, in chunks of `eval.feature_chunk` images); encode their captions (ITC features and the
-   fixed-length token ids the ITM head needs).
-2. Gather the ITC features, ids and masks of every rank, and put them in the global order: images sorted by
-   sample id (an order that does not depend on the number of ranks or workers), and the texts of every image in
-   that order, numbered 0..M-1. `img2txt` and `txt2img` follow from it.
-3. Every rank computes the same ITC similarity matrix [N, M] and the top-k_test candidates of every query in both
-   directions. The ITM head then re-scores each candidate pair (image, text) on the rank that holds the image's
-   tokens: rank r scores the image queries it holds (its slice of the image-to-text queries, as BLIP splits them)
-   and, for the text queries, the candidates that are its images. A pair picked in both directions is scored once.
-   So the token features are never gathered: a rank keeps only its own images' tokens (1/world of the split).
-4. The ITM probabilities ("match" = softmax(logits)[:, 1], as BLIP's `itm_head(...)[:, 1]`) are gathered; rank 0
+   precision on CPU, in chunks of `eval.feature_chunk` images).
+2. Gather every rank's image ids and captions and number them globally: images sorted by sample id, the texts
+   of every image in that order (0..M-1), from which `img2txt` and `txt2img` follow. The order does not depend on
+   the number of ranks or workers.
+3. Encode the distinct caption strings in fixed chunks of that global list, dealt round-robin to the ranks, and
+   gather them: every rank gets the same bits for any number of ranks, and identical captions get identical
+   features (an exact tie, which the metrics' tie rule then handles, instead of a tie broken by rounding noise).
+4. Every rank computes the ITC similarities [N, M] and the top-k_test candidates of every query in both
+   directions. The ITM head re-scores each candidate pair (image, text) on the rank that holds the image's tokens:
+   rank r scores the image queries it holds (its slice of the image-to-text queries, as BLIP splits them) and,
+   for the text queries, the candidates that are its images. A pair picked in both directions is scored once,
+   in per-image batches whose content does not depend on the number of ranks. The token features are never
+   gathered: a rank keeps only its own images' tokens (1/world of the split), not the whole split as BLIP does.
+5. The ITM "match" probabilities (softmax(logits)[:, 1], as BLIP's `itm_head(...)[:, 1]`) are gathered; rank 0
    fills the final matrices (ITM + `eval.itm_beta` * ITC for the top-k, -inf elsewhere), computes the metrics,
    writes the per-query rankings, and shares the metrics with every rank.
 
@@ -44,6 +47,8 @@ from .inference import inference_mode
 logger = logging.getLogger(__name__)
 
 _HALF_MAX = torch.finfo(torch.float16).max
+#: Texts per text-encoder forward, as a multiple of `eval.batch_size` (images carry ~5 captions each).
+TEXTS_PER_IMAGE_BATCH = 4
 
 
 class TokenStore:
@@ -119,56 +124,40 @@ def _tokens_per_image(task: RetrievalTask) -> int:
 
 
 @dataclass
-class LocalEncoding:
-    """What one rank encoded: per image its id, image_id and captions; ITC features; text ids and masks."""
+class LocalImages:
+    """What one rank encoded (step 1): per image its id, image_id and captions; ITC features; the token store."""
 
     ids: list[str]
     image_ids: list
     captions: list[list[str]]
-    image_feat: torch.Tensor  # [n, E] fp32
-    text_feat: torch.Tensor  # [m, E] fp32, captions of image 0, then image 1, ...
-    text_ids: torch.Tensor  # [m, T] long
-    text_mask: torch.Tensor  # [m, T] long
+    feat: torch.Tensor  # [n, E] fp32, on the model's device
     store: TokenStore
 
 
-def encode_local(task: RetrievalTask, loader: EvalLoader, rank: int) -> LocalEncoding:
-    """Step 1: this rank's images and their captions. Needs `inference_mode` around it."""
+def encode_local_images(task: RetrievalTask, loader: EvalLoader, rank: int) -> LocalImages:
+    """Step 1. Needs `inference_mode` around it."""
     store = TokenStore(task.cfg.eval.feature_chunk, task.dtype)
-    ids, image_ids, captions, img_feats, txt_feats, txt_ids, txt_masks = [], [], [], [], [], [], []
-    for batch in tqdm(loader, total=len(loader), desc="retrieval: encode", disable=rank != 0, leave=False):
+    ids, image_ids, captions, feats = [], [], [], []
+    for batch in tqdm(loader, total=len(loader), desc="retrieval: images", disable=rank != 0, leave=False):
         tokens, feat = task.image_embed(batch["pixel_values"])
         store.add(tokens)
-        img_feats.append(feat.float())
+        feats.append(feat.float())
         ids += batch["id"]
         image_ids += batch["image_id"]
         captions += batch["captions"]
-        texts = [c for caps in batch["captions"] for c in caps]
-        if texts:
-            t_ids, t_mask, t_feat = task.text_embed(texts)
-            txt_feats.append(t_feat.float())
-            txt_ids.append(t_ids)
-            txt_masks.append(t_mask)
-    device, width = task.device, task.model.config.image_text_hidden_size
-    length = task.max_text_tokens
-    empty_long = torch.zeros((0, length), dtype=torch.long, device=device)
-    return LocalEncoding(
-        ids=ids,
-        image_ids=image_ids,
-        captions=captions,
-        image_feat=torch.cat(img_feats) if img_feats else torch.zeros((0, width), device=device),
-        text_feat=torch.cat(txt_feats) if txt_feats else torch.zeros((0, width), device=device),
-        text_ids=torch.cat(txt_ids) if txt_ids else empty_long,
-        text_mask=torch.cat(txt_masks) if txt_masks else empty_long.clone(),
-        store=store.finish(),
-    )
+    width = task.model.config.image_text_hidden_size
+    feat = torch.cat(feats) if feats else torch.zeros((0, width), device=task.device)
+    return LocalImages(ids, image_ids, captions, feat, store.finish())
 
 
 @dataclass
 class GlobalIndex:
-    """The global numbering (step 2). `image_perm[g]` is the position of global image g in the gathered (rank
-    order) rows; `text_perm[t]` likewise for texts; `owner[g]` the rank holding image g, `local_row[g]` its row
-    in that rank's token store."""
+    """The global numbering (step 2).
+
+    `image_perm[g]`: row of global image g among the gathered (rank-order) image rows; `owner[g]`: the rank that
+    holds its tokens; `local_row[g]`: its row in that rank's token store. `unique_texts`: the distinct caption
+    strings in order of first appearance; `canon[t]`: the entry of text t among them.
+    """
 
     ids: list[str]
     image_ids: list
@@ -176,19 +165,19 @@ class GlobalIndex:
     img2txt: list[list[int]]
     txt2img: np.ndarray
     image_perm: torch.Tensor
-    text_perm: torch.Tensor
     owner: torch.Tensor
     local_row: torch.Tensor
+    unique_texts: list[str]
+    canon: torch.Tensor
 
 
 def build_global_index(per_rank: list[tuple[list[str], list, list[list[str]]]], split: str) -> GlobalIndex:
     """Number images by sorted sample id and texts image by image; identical on every rank and for any world."""
-    records = []  # (id, captions, image_id, rank, local row, first text row in gathered order)
-    text_row = 0
-    for r, (ids, image_ids, captions) in enumerate(per_rank):
-        for i, (sid, iid, caps) in enumerate(zip(ids, image_ids, captions)):
-            records.append((sid, tuple(caps), iid, r, i, text_row))
-            text_row += len(caps)
+    records = [
+        (sid, tuple(caps), iid, r, i)
+        for r, (ids, image_ids, captions) in enumerate(per_rank)
+        for i, (sid, iid, caps) in enumerate(zip(ids, image_ids, captions))
+    ]
     if not records:
         raise ValueError(f"{split}: the retrieval evaluation read no image at all; check the shards and the log")
     no_caption = [rec[0] for rec in records if not rec[1]]
@@ -198,12 +187,13 @@ def build_global_index(per_rank: list[tuple[list[str], list, list[list[str]]]], 
             "caption per image (rebuild the split's shards without them, or evaluate another split)"
         )
     records.sort(key=lambda rec: (rec[0], rec[1]))
-    img2txt, txt2img, texts, text_perm = [], [], [], []
-    for g, (_, caps, _, _, _, first) in enumerate(records):
+    img2txt, txt2img, texts = [], [], []
+    for g, (_, caps, _, _, _) in enumerate(records):
         img2txt.append(list(range(len(texts), len(texts) + len(caps))))
         texts += caps
         txt2img += [g] * len(caps)
-        text_perm += range(first, first + len(caps))
+    first: dict[str, int] = {}
+    canon = [first.setdefault(t, len(first)) for t in texts]
     offsets = np.cumsum([0] + [len(ids) for ids, _, _ in per_rank])
     return GlobalIndex(
         ids=[rec[0] for rec in records],
@@ -212,32 +202,58 @@ def build_global_index(per_rank: list[tuple[list[str], list, list[list[str]]]], 
         img2txt=img2txt,
         txt2img=np.asarray(txt2img, dtype=np.int64),
         image_perm=torch.tensor([int(offsets[rec[3]]) + rec[4] for rec in records], dtype=torch.long),
-        text_perm=torch.tensor(text_perm, dtype=torch.long),
         owner=torch.tensor([rec[3] for rec in records], dtype=torch.long),
         local_row=torch.tensor([rec[4] for rec in records], dtype=torch.long),
+        unique_texts=list(first),
+        canon=torch.tensor(canon, dtype=torch.long),
     )
 
 
-def candidate_pairs(topk_i2t: torch.Tensor, topk_t2i: torch.Tensor, mine: torch.Tensor, n_txt: int) -> torch.Tensor:
-    """Step 3: the (image, text) pairs this rank re-scores, as sorted unique codes `image * n_txt + text`.
+def encode_texts(
+    task: RetrievalTask, texts: list[str], rank: int, world_size: int, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step 3: (ITC features [U, E] fp32, ids [U, T], masks [U, T]) of `texts`, on every rank (a collective).
 
-    topk_i2t [N, k1] texts per image, topk_t2i [M, k2] images per text (global indices, on CPU); `mine` [N] bool
-    marks the images whose tokens this rank holds.
+    Chunk j = texts[j*chunk:(j+1)*chunk] is encoded by rank j % world_size, so every text is encoded in the same
+    batch whatever the number of ranks. Needs `inference_mode` around it.
     """
-    n_img = topk_i2t.shape[0]
-    img_rows = torch.arange(n_img).unsqueeze(1).expand_as(topk_i2t)
-    i2t = (img_rows * n_txt + topk_i2t)[mine]
+    starts = list(range(0, len(texts), chunk))[rank::world_size]
+    feats, ids, masks = [], [], []
+    for s in tqdm(starts, desc="retrieval: texts", disable=rank != 0, leave=False):
+        t_ids, t_mask, t_feat = task.text_embed(texts[s : s + chunk])
+        feats.append(t_feat.float())
+        ids.append(t_ids)
+        masks.append(t_mask)
+    length, width, device = task.max_text_tokens, task.model.config.image_text_hidden_size, task.device
+    feat = torch.cat(feats) if feats else torch.zeros((0, width), device=device)
+    ids_t = torch.cat(ids) if ids else torch.zeros((0, length), dtype=torch.long, device=device)
+    mask_t = torch.cat(masks) if masks else torch.zeros((0, length), dtype=torch.long, device=device)
+    # Gathered rows come rank by rank (rank r: chunks r, r+W, ...); put them back in text order.
+    owner_rows = [list(range(s, min(s + chunk, len(texts)))) for s in range(0, len(texts), chunk)]
+    gathered_order = [t for r in range(world_size) for rows in owner_rows[r::world_size] for t in rows]
+    perm = torch.empty(len(texts), dtype=torch.long)
+    perm[torch.tensor(gathered_order, dtype=torch.long)] = torch.arange(len(texts))
+    return tuple(all_gather_rows(x, world_size)[perm.to(x.device)] for x in (feat, ids_t, mask_t))
+
+
+def candidate_pairs(
+    topk_i2t: torch.Tensor, topk_t2i: torch.Tensor, mine: torch.Tensor, canon: torch.Tensor
+) -> torch.Tensor:
+    """Step 4: the (image, distinct text) pairs this rank re-scores, as sorted unique codes `image * U + canon`.
+
+    topk_i2t [N, k1] texts per image, topk_t2i [M, k2] images per text (global indices, CPU); `mine` [N] bool
+    marks the images whose tokens this rank holds; `canon` [M] maps texts to distinct strings (U of them).
+    """
+    n_unique = int(canon.max()) + 1
+    img_rows = torch.arange(topk_i2t.shape[0]).unsqueeze(1).expand_as(topk_i2t)
+    i2t = (img_rows * n_unique + canon[topk_i2t])[mine]
     txt_cols = torch.arange(topk_t2i.shape[0]).unsqueeze(1).expand_as(topk_t2i)
-    t2i = (topk_t2i * n_txt + txt_cols)[mine[topk_t2i]]
+    t2i = (topk_t2i * n_unique + canon[txt_cols])[mine[topk_t2i]]
     return torch.unique(torch.cat([i2t.flatten(), t2i.flatten()]))
 
 
 def itm_match_prob(
-    task: RetrievalTask,
-    store: TokenStore,
-    store_rows: torch.Tensor,
-    text_ids: torch.Tensor,
-    text_mask: torch.Tensor,
+    task: RetrievalTask, store: TokenStore, store_rows: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor
 ) -> torch.Tensor:
     """ITM "match" probability softmax(itm_head)[:, 1] for pairs (store row, text), fp32 on CPU: [P].
 
@@ -249,17 +265,30 @@ def itm_match_prob(
     return logits.float().softmax(dim=-1)[:, 1].cpu()
 
 
-def _score_pairs(
-    task: RetrievalTask, enc: LocalEncoding, index: GlobalIndex, codes: torch.Tensor, ids_all, mask_all, rank: int
+def score_pairs(
+    task: RetrievalTask,
+    store: TokenStore,
+    index: GlobalIndex,
+    codes: torch.Tensor,
+    text_ids: torch.Tensor,
+    text_mask: torch.Tensor,
+    rank: int,
 ) -> torch.Tensor:
-    n_txt = len(index.texts)
+    """ITM probabilities of the sorted pair `codes` (step 4), image by image in chunks of max(k_test, batch)."""
+    n_unique = len(index.unique_texts)
     per_forward = max(task.cfg.eval.k_test, task.cfg.eval.batch_size)
     out = torch.empty(len(codes), dtype=torch.float32)
-    starts = range(0, len(codes), per_forward)
-    for s in tqdm(starts, desc="retrieval: ITM re-rank", disable=rank != 0, leave=False):
-        c = codes[s : s + per_forward]
-        img, txt = c // n_txt, c % n_txt
-        out[s : s + len(c)] = itm_match_prob(task, enc.store, index.local_row[img], ids_all[txt], mask_all[txt])
+    images, counts = torch.unique_consecutive(codes // n_unique, return_counts=True)
+    start = 0
+    for img, n in tqdm(
+        zip(images.tolist(), counts.tolist()), total=len(images), desc="retrieval: ITM", disable=rank != 0, leave=False
+    ):
+        for s in range(start, start + n, per_forward):
+            e = min(s + per_forward, start + n)
+            txt = codes[s:e] % n_unique
+            rows = index.local_row[img].repeat(e - s)
+            out[s:e] = itm_match_prob(task, store, rows, text_ids[txt], text_mask[txt])
+        start += n
     return out
 
 
@@ -306,44 +335,41 @@ def evaluate_retrieval(
     e = task.cfg.eval
     split = str(loader.manifest.folder)
     if rank == 0:
-        print(
-            f"[unitrans_ds] {token_store_estimate(loader.num_items, _tokens_per_image(task), task.model.config.vision_config.hidden_size)}"
-            f" (rank 0 of {world_size}; each rank holds its own images)",
-            flush=True,
-        )
+        width = task.model.config.vision_config.hidden_size
+        estimate = token_store_estimate(loader.num_items, _tokens_per_image(task), width)
+        print(f"[unitrans_ds] {estimate} (rank 0 of {world_size}; each rank holds its own images)", flush=True)
     with inference_mode(task, merge):
-        enc = encode_local(task, loader, rank)
-        index = build_global_index(all_gather_objects((enc.ids, enc.image_ids, enc.captions), world_size), split)
-        image_feat = all_gather_rows(enc.image_feat, world_size)[index.image_perm.to(enc.image_feat.device)]
-        text_feat = all_gather_rows(enc.text_feat, world_size)[index.text_perm.to(enc.text_feat.device)]
-        ids_all = all_gather_rows(enc.text_ids, world_size).cpu()[index.text_perm]
-        mask_all = all_gather_rows(enc.text_mask, world_size).cpu()[index.text_perm]
+        local = encode_local_images(task, loader, rank)
+        index = build_global_index(all_gather_objects((local.ids, local.image_ids, local.captions), world_size), split)
+        device = local.feat.device
+        image_feat = all_gather_rows(local.feat, world_size)[index.image_perm.to(device)]
+        chunk = TEXTS_PER_IMAGE_BATCH * e.batch_size
+        text_feat, text_ids, text_mask = encode_texts(task, index.unique_texts, rank, world_size, chunk)
 
-        sims = (image_feat @ text_feat.t()).float().cpu()  # [N, M]
+        # Distinct texts -> every text: duplicates are exact ties. [N, M] in fp32.
+        sims = (image_feat @ text_feat.t()).float().cpu()[:, index.canon]
         n_img, n_txt = sims.shape
         topk_i2t = sims.topk(min(e.k_test, n_txt), dim=1).indices
         topk_t2i = sims.t().topk(min(e.k_test, n_img), dim=1).indices
-        codes = candidate_pairs(topk_i2t, topk_t2i, index.owner == rank, n_txt)
-        probs = _score_pairs(task, enc, index, codes, ids_all, mask_all, rank)
+        codes = candidate_pairs(topk_i2t, topk_t2i, index.owner == rank, index.canon)
+        probs = score_pairs(task, local.store, index, codes, text_ids.cpu(), text_mask.cpu(), rank)
 
-    all_codes = all_gather_rows(codes.to(enc.image_feat.device), world_size).cpu()
-    all_probs = all_gather_rows(probs.to(enc.image_feat.device), world_size).cpu()
+    all_codes = all_gather_rows(codes.to(device), world_size).cpu()
+    all_probs = all_gather_rows(probs.to(device), world_size).cpu()
+    n_unique = len(index.unique_texts)
 
     def finish() -> dict[str, float]:
         order = torch.argsort(all_codes)
         codes_sorted, probs_sorted = all_codes[order], all_probs[order]
 
         def itm_of(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-            pos = torch.searchsorted(codes_sorted, img * n_txt + txt)
-            return probs_sorted[pos]
+            return probs_sorted[torch.searchsorted(codes_sorted, img * n_unique + index.canon[txt])]
 
         s_i2t = _final_scores(topk_i2t, sims, itm_of, e.itm_beta, (n_img, n_txt))
         s_t2i = _final_scores(topk_t2i, sims.t(), lambda t, i: itm_of(i, t), e.itm_beta, (n_txt, n_img))
         metrics = retrieval_metrics(s_i2t, s_t2i, index.img2txt, index.txt2img)
-        metrics["itc_r_mean"] = retrieval_metrics(sims.numpy(), sims.t().numpy(), index.img2txt, index.txt2img)[
-            "r_mean"
-        ]
-        metrics.update(n_images=float(n_img), n_texts=float(n_txt))
+        itc_only = retrieval_metrics(sims.numpy(), sims.t().numpy(), index.img2txt, index.txt2img)
+        metrics.update(itc_r_mean=itc_only["r_mean"], n_images=float(n_img), n_texts=float(n_txt))
         _write_outputs(Path(out_dir), index, s_i2t, s_t2i, e.k_test)
         return metrics
 

@@ -140,11 +140,15 @@ def score_and_write(records: list[dict[str, Any]], out_dir: Path, split: str, vi
     if video:
         gt = {r["question_id"]: Counter(r["answers"]).most_common(1)[0][0] for r in scored}
         acc = exact_match_accuracy(preds, gt)
-        metrics = {"overall": acc["overall"]}
+        metrics = {"accuracy": acc["overall"], "overall": acc["overall"]}
     else:
         gt = {r["question_id"]: {"answers": r["answers"], "answer_type": r["answer_type"]} for r in scored}
         acc = vqa_accuracy(preds, gt)
-        metrics = {"overall": acc["overall"], **{_metric_key(k): v for k, v in acc["per_answer_type"].items()}}
+        metrics = {
+            "accuracy": acc["overall"],
+            "overall": acc["overall"],
+            **{_metric_key(k): v for k, v in acc["per_answer_type"].items()},
+        }
     per_q = [{"question_id": q, "accuracy": a} for q, a in acc["per_question"].items()]
     (out_dir / PER_QUESTION_FILE).write_text(json.dumps(per_q))
     metrics["n_questions"] = float(len(scored))
@@ -161,7 +165,8 @@ def evaluate_vqa(
 ) -> dict[str, float]:
     """VQA accuracy of `task` on the loader's split (a collective: every rank calls it with its loader).
 
-    Returns `overall` (percent) and, for image VQA, `acc_<answer type>` (e.g. acc_yes_no, acc_number, acc_other),
+    Returns `accuracy` (percent; also under `overall`, the official evaluator's key, which configs and the trainer
+    may name as best metric) and, for image VQA, `acc_<answer type>` (e.g. acc_yes_no, acc_number, acc_other),
     plus n_questions; equal on every rank. Rank 0 writes `vqa_results.json`, `vqa_per_question.json` and, for
     rank inference, `answer_list.json` into `out_dir`. Raises `NoGroundTruthError` (after writing the results)
     when no question of the split has answers.
