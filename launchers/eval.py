@@ -1,0 +1,178 @@
+"""Evaluate a BLIP backbone with a saved adapter (or zero-shot) on a split, on one or many ranks.
+
+    deepspeed launchers/eval.py --config CFG [--adapter DIR] [--split test|val] [--out DIR] [--mlflow] [key=value ...]
+    python launchers/eval.py --config CFG ...          (one process, no process group)
+
+The backbone comes from `model.*` of the config; `--adapter` is a folder written by training (`adapter_best/`,
+`adapter_final/`) or `save_adapter`, and must fit that backbone. Without `--adapter` the config's method is
+prepared at its initial state, which computes exactly the frozen model (zero-shot). The split is
+`data.<split>_shards`. Writes `metrics.json`, the per-sample outputs of the task's evaluator and the resolved
+`config.yaml` into `--out` (default: `<adapter folder>_eval_<split>`, or `<train.output_dir>/eval_<split>`),
+and with `--mlflow` logs them as an MLflow run (tracking.* settings). Exit status 2 for a user error (bad
+config, adapter that does not fit, split without ground truth), with the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from unitrans_ds.config import ConfigError, load_config  # noqa: E402
+
+log = logging.getLogger("unitrans_ds.eval")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, prog="launchers/eval.py"
+    )
+    p.add_argument("--config", default=None, help="experiment YAML (configs/*.yaml, or a run's config.yaml)")
+    p.add_argument("--adapter", default=None, help="adapter folder (adapter_config.json + adapter_model.safetensors)")
+    p.add_argument("--split", default="test", choices=("test", "val"), help="which data.<split>_shards to evaluate")
+    p.add_argument("--out", default=None, help="output folder for metrics.json and per-sample outputs")
+    p.add_argument("--mlflow", action="store_true", help="log params, metrics and outputs to MLflow (rank 0)")
+    p.add_argument(
+        "--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help="set by the deepspeed launcher"
+    )
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.k_test=128 eval.batch_size=64")
+    return p.parse_args(argv)
+
+
+def init_distributed(local_rank: int) -> tuple[int, int]:
+    """(rank, world_size). A process group only under a launcher that starts more than one process."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    import deepspeed
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def default_out(cfg, adapter: str | None, split: str) -> Path:
+    if adapter:
+        a = Path(adapter).resolve()
+        return a.parent / f"{a.name}_eval_{split}"
+    return Path(cfg.train.output_dir) / f"eval_{split}"
+
+
+def build_model(cfg, adapter: str | None, local_rank: int):
+    """Backbone + adapter (or the config's method at init) on this rank's device. Returns (model, tokenizer, cfg)."""
+    import dataclasses
+
+    import torch
+
+    from unitrans_ds.adapters import load_adapter, prepare_model, read_adapter_config
+    from unitrans_ds.engine.ds_config import bf16_supported, resolve_precision
+    from unitrans_ds.models.build import load_backbone
+
+    backbone = load_backbone(cfg.model, cfg.task, seed=cfg.train.seed)
+    model = backbone.model
+    if adapter:
+        saved = read_adapter_config(adapter)
+        method = load_adapter(model, adapter)
+        cfg = dataclasses.replace(cfg, method=method)
+        if saved.get("video") is not None and bool(saved["video"]) != cfg.video:
+            log.warning(
+                "adapter %s was trained with video=%s, evaluating with video=%s", adapter, saved["video"], cfg.video
+            )
+    else:
+        prepare_model(model, cfg.method)
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    precision = resolve_precision(cfg.train.precision, bf16_supported()) if device.type == "cuda" else "fp32"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    model.to(device=device, dtype=dtype).eval()
+    return model, backbone.tokenizer, cfg
+
+
+def log_to_mlflow(cfg, args, rank: int, out: Path, metrics: dict[str, float], step: int) -> None:
+    import dataclasses
+
+    from unitrans_ds.config import flatten, to_dict
+    from unitrans_ds.tracking import build_tracker
+
+    tracker = build_tracker(dataclasses.replace(cfg.tracking, enabled=True), rank, out)
+    name = cfg.tracking.run_name or f"eval-{cfg.task}{'-video' if cfg.video else ''}-{cfg.method.name}-{args.split}"
+    tags = {
+        "kind": "eval",
+        "task": cfg.task + ("-video" if cfg.video else ""),
+        "method": cfg.method.name,
+        "dataset": cfg.data.dataset,
+        "split": args.split,
+        "adapter": str(Path(args.adapter).resolve()) if args.adapter else "none (zero-shot)",
+    }
+    params = {**flatten(to_dict(cfg)), "eval.split": args.split, "eval.adapter": tags["adapter"]}
+    tracker.start(name, tags, params)
+    tracker.log_metrics(metrics, step)
+    tracker.log_artifact(out, artifact_path=f"eval_{args.split}")
+    tracker.finish("FINISHED")
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    from unitrans_ds.adapters import read_adapter_config
+    from unitrans_ds.config import save_config
+    from unitrans_ds.evaluation import evaluate
+    from unitrans_ds.tasks import build_task
+
+    cfg = load_config(args.config, args.overrides)
+    split_dir = getattr(cfg.data, f"{args.split}_shards")
+    if not split_dir:
+        raise ConfigError(f"data.{args.split}_shards is null: give the folder of the {args.split} shards")
+    if not (Path(split_dir) / "manifest.json").is_file():
+        raise ConfigError(
+            f"data.{args.split}_shards: {split_dir} holds no manifest.json; build the shards with "
+            "`python -m unitrans_ds.make_shards ...` (see shards/README.md) or fix the path"
+        )
+    rank, world = init_distributed(args.local_rank)
+    model, tokenizer, cfg = build_model(cfg, args.adapter, args.local_rank)
+    task = build_task(cfg, model, tokenizer, rank, world).to(next(model.parameters()).device)
+    out = Path(args.out) if args.out else default_out(cfg, args.adapter, args.split)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        what = f"adapter {args.adapter}" if args.adapter else f"{cfg.method.name} at init (zero-shot)"
+        print(f"[unitrans_ds] evaluating {cfg.task} on {split_dir} with {what}, {world} rank(s)", flush=True)
+    metrics = evaluate(task, cfg, split_dir, rank=rank, world_size=world, out_dir=out)
+    if rank == 0:
+        print(json.dumps({k: round(v, 4) for k, v in sorted(metrics.items())}), flush=True)
+        print(f"[unitrans_ds] outputs in {out}", flush=True)
+        if args.mlflow:
+            step = int(read_adapter_config(args.adapter).get("step", 0)) if args.adapter else 0
+            log_to_mlflow(cfg, args, rank, out, metrics, step)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if int(os.environ.get("RANK", 0)) == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from unitrans_ds.adapters import AdapterMismatchError
+    from unitrans_ds.evaluation import NoGroundTruthError, RemoteError
+
+    try:
+        run(args)
+    except (ConfigError, AdapterMismatchError, NoGroundTruthError, RemoteError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
