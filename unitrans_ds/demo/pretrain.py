@@ -1,0 +1,243 @@
+"""Pretrain the demo's tiny BLIP backbones: full training on domain A of `shapes`, one model per task class.
+
+    python -m unitrans_ds.demo.pretrain [--tasks retrieval captioning vqa] [--out pretrained] [--epochs N]
+
+Each task class (`BlipForImageTextRetrieval`, `BlipForConditionalGeneration`, `BlipForQuestionAnswering`) is
+trained from a seeded random init with `method.name=full` on `shards/demo/image_a/train` by the project's own
+`Trainer` (in this process, one rank), then the whole backbone and the demo tokenizer are written with
+`save_pretrained` to `<out>/tiny-blip-<task>/`, which `model.init_from` accepts. The weights are stored in fp16
+(the loader reads them back as fp32) so that the three folders fit in the repository's 20 MB budget.
+
+Determinism: a fixed seed drives the init, the data order and dropout; with the same code, torch version and
+thread count (`--threads`, default 1) a rerun gives bit-identical tensors. `pretrain.json` beside the weights
+records the recipe, the time taken and a sanity number (zero-shot on domain A and B val) when `--sanity`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import Config, load_config
+from ..config.schema import TASKS
+
+#: the tiny sizes of every demo backbone: ~1.9M (retrieval, captioning) and ~3.1M (VQA) parameters
+TINY_SIZES = {
+    "vision_width": 128,
+    "vision_layers": 4,
+    "vision_heads": 4,
+    "patch_size": 8,  # 8x8 patches of a 64 px image: fine enough for the small shapes and the 3x3 grid
+    "text_width": 128,
+    "text_layers": 4,
+    "text_heads": 4,
+    "intermediate_mult": 4,
+    "embed_dim": 64,
+    "max_position_embeddings": 64,
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one task class is pretrained. `epochs` count passes over the task's items (captions or questions)."""
+
+    epochs: int
+    lr: float
+    batch: int
+    warmup_steps: int = 50
+
+
+RECIPES: dict[str, Recipe] = {
+    "retrieval": Recipe(epochs=20, lr=1e-3, batch=32),
+    "captioning": Recipe(epochs=10, lr=1e-3, batch=32),
+    "vqa": Recipe(epochs=8, lr=1e-3, batch=32),
+}
+
+
+def folder_name(task: str) -> str:
+    """`tiny-blip-<task>`: the folder under `pretrained/` holding the task's backbone."""
+    return f"tiny-blip-{task}"
+
+
+def pretrain_config(
+    task: str,
+    recipe: Recipe,
+    train_shards: str | Path,
+    run_dir: str | Path,
+    seed: int = 0,
+    track: bool = False,
+) -> Config:
+    """The training config of one pretraining run: full training from a seeded tiny init, no evaluation."""
+    overrides = [
+        f"task={task}",
+        "model.init_from=tiny",
+        "model.image_size=64",
+        *(f"model.tiny.{k}={v}" for k, v in TINY_SIZES.items()),
+        "method.name=full",
+        f"data.train_shards={train_shards}",
+        "data.val_shards=null",
+        "data.test_shards=null",
+        "data.dataset=shapes-a",
+        # shapes texts name colours and say left/right: no colour ops, no flips
+        "data.randaugment=false",
+        "data.hflip=false",
+        "data.num_workers=0",
+        f"optim.lr={recipe.lr}",
+        f"optim.warmup_steps={recipe.warmup_steps}",
+        "optim.min_lr_ratio=0.05",
+        f"train.epochs={recipe.epochs}",
+        f"train.global_batch_size={recipe.batch}",
+        f"train.micro_batch_size={recipe.batch}",
+        "train.precision=fp32",
+        f"train.seed={seed}",
+        "train.zero_shot_eval=false",
+        "train.log_every=25",
+        f"train.output_dir={run_dir}",
+        f"tracking.enabled={'true' if track else 'false'}",
+        "tracking.experiment=unitrans-pretrain",
+        f"tracking.run_name=pretrain-{task}-shapes-a",
+    ]
+    return load_config(None, overrides)
+
+
+@torch.no_grad()
+def save_backbone(model: torch.nn.Module, tokenizer, out_dir: str | Path, half: bool = True) -> Path:
+    """Write a fully trained model (prepared with `method.name=full`) as a plain HF folder, weights in fp16.
+
+    The adapter state (`model.unitrans`, i.e. the ITC temperature) is not part of BLIP and is dropped by
+    `save_merged_pretrained`; adaptation runs start from the default temperature again.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from ..adapters import save_merged_pretrained
+
+    out = save_merged_pretrained(model, out_dir, tokenizer=tokenizer)
+    if half:
+        weights = out / "model.safetensors"
+        tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(weights)).items()}
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+    return out
+
+
+def _last_train_loss(run_dir: Path) -> float:
+    """The last logged `train/loss` of a run (from its `metrics.jsonl`), NaN when none was logged."""
+    path = run_dir / "metrics.jsonl"
+    loss = math.nan
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if "train/loss" in row:
+                loss = float(row["train/loss"])
+    return loss
+
+
+def pretrain_task(
+    task: str,
+    out_root: str | Path,
+    recipe: Recipe,
+    shards_root: str | Path = "shards/demo",
+    ds_config: str = "ds_configs/zero0.json",
+    seed: int = 0,
+    run_root: str | Path = "runs/pretrain",
+    track: bool = False,
+) -> dict:
+    """Full training of the `task` class on domain A, then `save_pretrained` into `<out_root>/tiny-blip-<task>/`.
+
+    Returns the record written to `pretrain.json` (recipe, sizes, steps, seconds, last training loss).
+    """
+    from ..engine.trainer import Trainer
+
+    run_dir = Path(run_root) / task
+    if run_dir.is_dir():  # our own scratch folder: a stale metrics.jsonl would mix two runs
+        shutil.rmtree(run_dir)
+    cfg = pretrain_config(task, recipe, Path(shards_root) / "image_a" / "train", run_dir, seed, track)
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, ds_config)
+    result = trainer.run()
+    seconds = time.perf_counter() - t0
+    if result.state.step < trainer.total_steps:  # stopped by SIGTERM: a half-trained backbone is not a release
+        raise RuntimeError(f"pretraining {task} stopped at step {result.state.step} of {trainer.total_steps}")
+    out = save_backbone(trainer.model, trainer.tokenizer, Path(out_root) / folder_name(task))
+    record = {
+        "task": task,
+        "data": str(Path(shards_root) / "image_a" / "train"),
+        "recipe": asdict(recipe),
+        "tiny": TINY_SIZES,
+        "seed": seed,
+        "steps": result.state.step,
+        "train_seconds": round(seconds, 1),
+        "torch_threads": torch.get_num_threads(),
+        "last_train_loss": round(_last_train_loss(run_dir), 4),
+        "parameters": sum(p.numel() for n, p in trainer.model.named_parameters() if not n.startswith("unitrans.")),
+    }
+    (out / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def sanity_check(
+    folder: str | Path, task: str, shards_root: str | Path = "shards/demo", out_dir: str | Path = "runs/pretrain"
+) -> dict[str, dict]:
+    """Zero-shot metrics of a saved backbone on domain A val (what it learned) and domain B val (the gap)."""
+    from .zero_shot import evaluate_backbone
+
+    out = {}
+    for domain in ("a", "b"):
+        split = Path(shards_root) / f"image_{domain}" / "val"
+        metrics = evaluate_backbone(folder, task, split, out_dir=Path(out_dir) / f"sanity_{domain}")
+        out[f"val_{domain}"] = {k: round(v, 4) for k, v in metrics.items() if k != "eval_seconds"}
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m unitrans_ds.demo.pretrain",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="task classes to pretrain")
+    p.add_argument("--out", default="pretrained", help="folder that receives tiny-blip-<task>/ (default: %(default)s)")
+    p.add_argument("--shards", default="shards/demo", help="demo shards root with image_a/ and image_b/")
+    p.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs (quick trials)")
+    p.add_argument("--seed", type=int, default=0, help="init / data order / dropout seed (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads; fixed for bit-identical reruns")
+    p.add_argument("--ds-config", default="ds_configs/zero0.json", help="DeepSpeed JSON (one rank)")
+    p.add_argument("--run-root", default="runs/pretrain", help="trainer run folders (logs, config)")
+    p.add_argument("--track", action="store_true", help="log the runs to MLflow (experiment unitrans-pretrain)")
+    p.add_argument(
+        "--sanity", action=argparse.BooleanOptionalAction, default=True, help="zero-shot eval on A and B val after"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    # bit-identical reruns: refuse (warn on) nondeterministic kernels
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    total = time.perf_counter()
+    for task in args.tasks:
+        recipe = RECIPES[task]
+        if args.epochs is not None:
+            recipe = Recipe(args.epochs, recipe.lr, recipe.batch, recipe.warmup_steps)
+        print(f"[pretrain] {task}: {recipe} on {args.shards}/image_a/train", flush=True)
+        record = pretrain_task(
+            task, args.out, recipe, args.shards, args.ds_config, args.seed, args.run_root, args.track
+        )
+        folder = Path(args.out) / folder_name(task)
+        if args.sanity:
+            record["sanity"] = sanity_check(folder, task, args.shards, Path(args.run_root) / task)
+            (folder / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
+        print(f"[pretrain] {task}: {json.dumps(record)}", flush=True)
+    print(f"[pretrain] all done in {time.perf_counter() - total:.0f} s; models in {args.out}/", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
