@@ -328,7 +328,8 @@ def evaluate_retrieval(
     """Retrieval metrics of `task` on the loader's split (a collective: every rank calls it with its loader).
 
     Returns txt_r1/5/10, txt_r_mean, img_r1/5/10, img_r_mean, r_mean (BLIP's definitions, percent), itc_r_mean
-    (the same before ITM re-ranking), n_images and n_texts, equal on every rank. Rank 0 writes into `out_dir`:
+    (the same before ITM re-ranking), n_images, n_texts and n_itm_pairs (pairs the ITM head scored), equal on
+    every rank. Rank 0 writes into `out_dir`:
     `retrieval_index.json` (global image and text numbering), `i2t_topk.jsonl` and `t2i_topk.jsonl` (per query
     its top-k_test candidates, best first, with final scores).
     """
@@ -370,6 +371,7 @@ def evaluate_retrieval(
         metrics = retrieval_metrics(s_i2t, s_t2i, index.img2txt, index.txt2img)
         itc_only = retrieval_metrics(sims.numpy(), sims.t().numpy(), index.img2txt, index.txt2img)
         metrics.update(itc_r_mean=itc_only["r_mean"], n_images=float(n_img), n_texts=float(n_txt))
+        metrics["n_itm_pairs"] = float(len(all_codes))
         _write_outputs(Path(out_dir), index, s_i2t, s_t2i, e.k_test)
         return metrics
 

@@ -1,0 +1,144 @@
+"""Benchmark the evaluators on the BLIP-base architecture (random weights, CPU), in one run of a few minutes.
+
+    python benchmarks/bench_eval.py [--images 8] [--image-size 384] [--k-test 2] [--repeats 5]
+
+1. Retrieval evaluation throughput: `evaluate_retrieval` (ViT, text encoder, ITC, ITM re-ranking of the top
+   k_test per query, metrics, output files) on synthetic `shapes` shards at `--image-size` px with 4 captions per
+   image, a UniTrans model (VCRA + QASN) merged for inference. Reports queries/s (image + text queries) and ITM
+   pairs/s, plus the wall time of each step.
+2. Merged vs unmerged inference: the same ViT forward (`image_embed`) and ITM forward (`itm_logits`) timed for the
+   frozen model, UniTrans with VCRA merged into the weights (QASN still runs), and UniTrans unmerged. Runs are
+   interleaved and the minimum is kept, because the CPU may be shared. Goal: merged / frozen = 1.00 within noise.
+
+The defaults fit a 2-core CPU in about 3 minutes; on a GPU or a bigger CPU raise --images and --k-test (SPEC
+values: k_test 256 COCO, 128 Flickr30K).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from transformers import BlipConfig, BlipForImageTextRetrieval  # noqa: E402
+
+from unitrans_ds import make_shards  # noqa: E402
+from unitrans_ds.adapters import prepare_model  # noqa: E402
+from unitrans_ds.config import build_config  # noqa: E402
+from unitrans_ds.evaluation import eval_loader, evaluate_retrieval, inference_mode  # noqa: E402
+from unitrans_ds.evaluation.retrieval import token_store_estimate  # noqa: E402
+from unitrans_ds.models.tiny import demo_tokenizer  # noqa: E402
+from unitrans_ds.tasks import build_task  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=8, help="images in the retrieval pool (4 captions each)")
+    p.add_argument("--image-size", type=int, default=384, help="image side in pixels (BLIP retrieval: 384)")
+    p.add_argument("--k-test", type=int, default=2, help="ITM re-ranked candidates per query")
+    p.add_argument("--rank", type=int, default=64, help="VCRA / QASN rank r")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per variant in the merged/unmerged test")
+    p.add_argument("--timing-images", type=int, default=1, help="images per ViT forward in the merged/unmerged test")
+    p.add_argument("--timing-pairs", type=int, default=4, help="pairs per ITM forward in the merged/unmerged test")
+    return p.parse_args(argv)
+
+
+def build(method: str, args: argparse.Namespace, shards: Path):
+    """A BLIP-base retrieval task with random weights (seed 0), prepared for `method`, adapters randomized."""
+    cfg = build_config(
+        {
+            "task": "retrieval",
+            "method": {"name": method, "rank": args.rank},
+            "model": {"image_size": args.image_size},
+            "data": {"test_shards": str(shards)},
+            "eval": {"k_test": args.k_test, "batch_size": 4},
+        }
+    )
+    torch.manual_seed(0)
+    model = BlipForImageTextRetrieval(BlipConfig(vision_config={"image_size": args.image_size})).eval()
+    prepare_model(model, cfg.method)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # away from the identity init, so merging really changes the weights
+        for name, p in model.named_parameters():
+            if p.requires_grad and ("vcra_b" in name or "qasn_b" in name):
+                p.add_(torch.randn(p.shape, generator=g) * 0.01)
+    return build_task(cfg, model, demo_tokenizer()), cfg
+
+
+def bench_retrieval(args: argparse.Namespace, shards: Path, out: Path) -> None:
+    task, cfg = build("unitrans", args, shards)
+    loader = eval_loader(cfg, shards, 0, 1)
+    start = time.perf_counter()
+    metrics = evaluate_retrieval(task, loader, 0, 1, out, merge=True)
+    wall = time.perf_counter() - start
+    queries = metrics["n_images"] + metrics["n_texts"]
+    pairs = metrics["n_itm_pairs"]
+    print(
+        f"\n[retrieval] {int(metrics['n_images'])} images x 4 captions at {args.image_size} px, k_test {args.k_test}: "
+        f"{wall:.1f} s, {queries / wall:.2f} queries/s ({queries:.0f} image + text queries), "
+        f"{pairs:.0f} ITM pairs ({pairs / wall:.2f} pairs/s), r_mean {metrics['r_mean']:.1f} (random weights)"
+    )
+    vc = task.model.config.vision_config
+    tokens = (args.image_size // vc.patch_size) ** 2 + 1
+    print(f"[retrieval] at COCO 5k test scale: {token_store_estimate(5000, tokens, vc.hidden_size)} (one rank)")
+
+
+def bench_merge(args: argparse.Namespace, shards: Path) -> None:
+    frozen, _ = build("frozen", args, shards)
+    adapted, _ = build("unitrans", args, shards)
+    g = torch.Generator().manual_seed(2)
+    pix = torch.randn(args.timing_images, 3, args.image_size, args.image_size, generator=g)
+    ids = torch.randint(1000, 2000, (args.timing_pairs, 35), generator=g)
+    mask = torch.ones_like(ids)
+
+    def forward(task) -> tuple[float, float]:
+        start = time.perf_counter()
+        tokens, _ = task.image_embed(pix)
+        mid = time.perf_counter()
+        task.itm_logits(tokens[:1].expand(args.timing_pairs, -1, -1), ids, mask)
+        return mid - start, time.perf_counter() - mid
+
+    variants = [("frozen", frozen, False), ("merged", adapted, True), ("unmerged", adapted, False)]
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in variants}
+    for _, task, merge in variants:  # warm-up, not timed
+        with inference_mode(task, merge):
+            forward(task)
+    for _ in tqdm(range(args.repeats), desc="merged vs unmerged"):
+        for name, task, merge in variants:  # interleaved, so load from other processes hits every variant alike
+            with inference_mode(task, merge):
+                times[name].append(forward(task))
+    # The minimum estimates the intrinsic cost on a shared CPU; the median is shown for the spread.
+    best = {k: (min(t[0] for t in v), min(t[1] for t in v)) for k, v in times.items()}
+    med = {k: statistics.median(t[0] + t[1] for t in v) for k, v in times.items()}
+    print(f"\n[merge] ViT on {args.timing_images} image(s), ITM on {args.timing_pairs} pairs, {args.repeats} repeats")
+    for k in best:
+        print(f"[merge] {k:<9} ViT {best[k][0]:.2f} s  ITM {best[k][1]:.2f} s  (min)   total {med[k]:.2f} s (median)")
+    for k in ("merged", "unmerged"):
+        vit, itm = best[k][0] / best["frozen"][0], best[k][1] / best["frozen"][1]
+        print(f"[merge] {k} / frozen: ViT {vit:.3f}, ITM {itm:.3f} (ITM includes QASN, which merging keeps)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = Path(tmp) / "test"
+        make_shards.main(
+            ["--format", "shapes", "--domain", "b", "--split", "test", "--num-samples", str(args.images),
+             "--shard-size", str(args.images), "--image-size", str(args.image_size), "--workers", "1",
+             "--out", str(shards), "--no-progress"]
+        )  # fmt: skip
+        bench_retrieval(args, shards, Path(tmp) / "out")
+        bench_merge(args, shards)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
