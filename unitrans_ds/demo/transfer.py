@@ -11,7 +11,7 @@ is an MLflow run in the experiment `unitrans-transfer` (tags task, method, datas
 
 Writes to `--out`: `transfer.md` and `transfer.csv` (per method: trainable parameters, metric mean ± std per
 task, share of the frozen-to-full gap closed), `runs.jsonl` (one line per run; a rerun with the same settings
-skips the runs it already holds, so an interrupted benchmark resumes), `rank_sweep.png` / `rank_sweep.csv`
+skips the runs it already holds at the same budget, so an interrupted benchmark resumes), `rank_sweep.png` / `rank_sweep.csv`
 (metric and trainable parameters against rank for unitrans and lora on image retrieval). A summary MLflow run
 holds the tables and the plot as artifacts.
 """
@@ -74,7 +74,8 @@ DEMO_TASKS: dict[str, DemoTask] = {
 
 #: peak learning rate per method: full fine-tuning moves every weight and wants a smaller step than adapters
 METHOD_LR = {"full": 1e-4, "lora": 1e-3}
-ADAPTER_LR = 1e-3
+#: VCRA-family methods train vectors that start at 0 (Λb) and 1 (Λa): they need a larger step than LoRA
+ADAPTER_LR = 1e-2
 
 
 @dataclass
@@ -87,6 +88,10 @@ class Budget:
     rank: int = 16
     lr: float | None = None  # None = METHOD_LR / ADAPTER_LR
     split: str = "test"
+
+    def tag(self) -> str:
+        """What decides a run's result besides task/method/seed/rank: records of another budget are not reused."""
+        return f"epochs={self.epochs} max_steps={self.max_steps} batch={self.batch} lr={self.lr} split={self.split}"
 
 
 @dataclass
@@ -106,6 +111,7 @@ class RunRecord:
     mlflow_run_id: str | None
     split: str
     metrics: dict[str, float] = field(default_factory=dict)
+    budget: str = ""
 
     def key(self) -> tuple:
         return (self.task, self.method, self.seed, self.rank, self.steps, self.split)
@@ -448,10 +454,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _plan(args: argparse.Namespace, budget: Budget) -> list[tuple[str, str, int, int]]:
     """(task, method, seed, rank) of every run: the main grid, then the rank sweep."""
     plan = []
-    for t in args.tasks:
-        for m in args.methods:
-            for s in [args.seeds[0]] if m == "frozen" else args.seeds:
-                plan.append((t, m, s, budget.rank))
+    for s in args.seeds:  # seed-major, so that an interrupted benchmark has every task at the first seed
+        for t in args.tasks:
+            for m in args.methods:
+                if m != "frozen" or s == args.seeds[0]:
+                    plan.append((t, m, s, budget.rank))
     if not args.no_sweep and "image_retrieval" in args.tasks:
         for m in ("unitrans", "lora"):
             for r in args.sweep_ranks:
@@ -486,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and runs_file.exists():
         runs_file.unlink()
     budget = Budget(args.epochs, args.max_steps, args.batch, args.rank, args.lr, args.split)
-    records = [r for r in load_records(runs_file) if r.split == args.split]
+    records = [r for r in load_records(runs_file) if r.budget == budget.tag()]
     done = {(r.task, r.method, r.seed, r.rank) for r in records}
     plan = _plan(args, budget)
     todo = [p for p in plan if p not in done]
@@ -500,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
             DEMO_TASKS[task], method, seed, run_budget, Path(args.pretrained), Path(args.shards),
             Path(args.run_root), args.tracking_uri, args.ds_config,
         )  # fmt: skip
+        record.budget = budget.tag()
         append_record(runs_file, record)
         records.append(record)
         tqdm.write(
