@@ -146,7 +146,8 @@ def run_config(
         "data.num_workers=0",
         f"optim.lr={lr}",
         "optim.warmup_steps=5",
-        f"train.epochs={budget.epochs}",
+        # with --max-steps the step count decides alone (train.* caps epochs by max_steps, not the reverse)
+        f"train.epochs={budget.epochs if not budget.max_steps else 10_000}",
         f"train.max_steps={budget.max_steps if budget.max_steps else 'null'}",
         f"train.global_batch_size={budget.batch}",
         f"train.micro_batch_size={budget.batch}",
