@@ -289,7 +289,9 @@ def has_side_network(model: nn.Module) -> bool:
 
 def zero3_register_external(model: nn.Module) -> None:
     """Tell ZeRO-3 which parameters a wrapper uses without owning them (banks, scalars, shared KV vectors)."""
-    from deepspeed.zero import register_external_parameter
+    import deepspeed
+
+    register_external_parameter = deepspeed.zero.register_external_parameter
 
     for m in model.modules():
         if isinstance(m, (VCRALinear, QASNLayer)):

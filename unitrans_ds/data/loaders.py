@@ -118,7 +118,8 @@ def _check_common(task: str, rank: int, world_size: int, num_workers: int, batch
         raise ValueError(f"{what} must be >= 1, got {batch}")
 
 
-def _check_shards(manifest: Manifest, world_size: int, num_workers: int, why: str) -> None:
+def check_shards(manifest: Manifest, world_size: int, num_workers: int, why: str) -> None:
+    """Raise a clear error when a folder has fewer shards than readers (ranks x workers)."""
     slots = world_size * max(1, num_workers)
     if len(manifest.shards) < slots:
         raise ValueError(
@@ -188,7 +189,7 @@ def build_train_loader(
     manifest = read_manifest(shards)
     video = _resolve_video(manifest, video)
     if not resampled:
-        _check_shards(manifest, world_size, num_workers, "training")
+        check_shards(manifest, world_size, num_workers, "training")
     pairs = manifest.num_items(_ITEM_UNIT[task])
     steps = pairs // (micro_batch_size * world_size)
     if steps < 1:
@@ -259,7 +260,7 @@ def build_eval_loader(
     _check_common(task, rank, world_size, num_workers, batch_size, "batch_size")
     manifest = read_manifest(shards)
     video = _resolve_video(manifest, video)
-    _check_shards(manifest, world_size, num_workers, "evaluation")
+    check_shards(manifest, world_size, num_workers, "evaluation")
     workers = max(1, num_workers)
     unit = _EVAL_UNIT[task]
     per_worker = [

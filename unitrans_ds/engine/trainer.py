@@ -24,7 +24,8 @@ from tqdm import tqdm
 from .. import __version__
 from ..adapters import prepare_model, save_adapter, trainable_state_dict, zero3_register_external
 from ..config import Config, flatten, save_config, to_dict
-from ..data.loaders import build_train_loader
+from ..data.loaders import build_train_loader, check_shards
+from ..data.manifest import read_manifest
 from ..data.skips import SkipTotals
 from ..models.build import load_backbone
 from ..tasks import build_task
@@ -113,6 +114,10 @@ class Trainer:
             hflip=cfg.data.hflip,
             randaugment=cfg.data.randaugment,
         )
+        for split in ("val", "test"):  # fail now, not after hours of training
+            folder = getattr(cfg.data, f"{split}_shards")
+            if folder:
+                check_shards(read_manifest(folder), self.world, cfg.data.num_workers, "evaluation")
         self.accum = int(self.ds_cfg["gradient_accumulation_steps"])
         steps_per_epoch = self.train_loader.steps_per_epoch // self.accum
         self.total_steps = cfg.train.epochs * steps_per_epoch
@@ -137,6 +142,7 @@ class Trainer:
             zero3_register_external(self.task.model)
         self.tracker = build_tracker(cfg.tracking, self.rank, self.run_dir)
         self.state = TrainState()
+        self._eval_copy = None
         self.skips = SkipTotals()
 
     # ------------------------------------------------------------------ set-up helpers
@@ -208,7 +214,7 @@ class Trainer:
         barrier()
         return out if self.rank == 0 else None
 
-    def evaluate(self, split: str) -> dict[str, float]:
+    def evaluate(self, split: str, task=None) -> dict[str, float]:
         """Collective. Metrics of the task's evaluator on `data.<split>_shards`, prefixed with the split."""
         from ..evaluation.runner import evaluate
 
@@ -216,12 +222,42 @@ class Trainer:
         if not shards:
             return {}
         out_dir = self.run_dir / "eval" / f"{split}_step{self.state.step:06d}"
-        metrics = evaluate(
-            self.task, self.cfg, shards, rank=self.rank, world_size=self.world, out_dir=out_dir, merge=self.stage != 3
-        )
+        task = task if task is not None else self.eval_task()
+        metrics = evaluate(task, self.cfg, shards, rank=self.rank, world_size=self.world, out_dir=out_dir)
         if self.rank == 0 and out_dir.is_dir():
             self.tracker.log_artifact(out_dir, artifact_path=f"eval/{out_dir.name}")
         return {f"{split}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+    def eval_task(self, tensors: dict | None = None):
+        """The task to evaluate: the live one, or under ZeRO-3 a full copy on every rank.
+
+        ZeRO-3 gathers parameters in collectives at every module call, which evaluation cannot honour (ranks
+        score different numbers of candidates). So the copy is built once from the same base, and its trainable
+        tensors are refreshed from the engine at each evaluation. `tensors` (adapter names) overrides them.
+        """
+        if self.stage != 3 and tensors is None:
+            return self.task
+        if self.stage != 3:
+            target = self.task
+        else:
+            if self._eval_copy is None:
+                bb = load_backbone(self.cfg.model, self.cfg.task, seed=self.cfg.train.seed)
+                prepare_model(bb.model, self.cfg.method)
+                self._eval_copy = build_task(self.cfg, bb.model, bb.tokenizer, self.rank, self.world).to(
+                    self.task.device
+                )
+            target = self._eval_copy
+            with _gathered(self.engine, self.stage), torch.no_grad():
+                live = dict(self.engine.module.named_parameters())
+                for n, p in target.named_parameters():
+                    if p.requires_grad:
+                        p.copy_(live[n].detach().to(p.dtype))
+        if tensors is not None:
+            params = dict(target.named_parameters())
+            with torch.no_grad():
+                for k, v in tensors.items():
+                    params["model." + k].copy_(v.to(params["model." + k].dtype))
+        return target
 
     def _best_key(self) -> str:
         metric = self.cfg.train.best_metric
@@ -357,22 +393,21 @@ class Trainer:
         return metrics
 
     def _test_with_best(self) -> dict[str, float]:
+        """Test metrics of the best adapter (by `train.best_metric`), or of the final one when it is the best."""
         if not self.cfg.data.test_shards:
             return {}
         best = self.run_dir / "adapter_best" / "adapter_model.safetensors"
-        use_best = self.stage != 3 and self.state.best_step not in (None, self.state.step) and best.is_file()
-        if not use_best:
+        if self.state.best_step in (None, self.state.step) or not best.is_file():
             return self.evaluate("test")
         from safetensors.torch import load_file
 
-        current = {k: v.clone() for k, v in trainable_state_dict(self.engine.module).items()}
-        params = dict(self.engine.module.named_parameters())
-        with torch.no_grad():
-            for k, v in load_file(str(best)).items():
-                params["model." + k].copy_(v)
+        if self.stage == 3:  # the evaluation copy takes the best tensors; the engine is not touched
+            return self.evaluate("test", task=self.eval_task(load_file(str(best))))
+        current = {k: v.clone() for k, v in trainable_state_dict(self.task).items()}
         try:
-            return self.evaluate("test")
+            return self.evaluate("test", task=self.eval_task(load_file(str(best))))
         finally:
+            params = dict(self.task.named_parameters())
             with torch.no_grad():
                 for k, v in current.items():
                     params[k].copy_(v)
