@@ -29,6 +29,11 @@ def init_distributed() -> tuple[int, int, int]:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        # CPU ranks on one machine share its cores: more threads than cores makes OpenMP spin-wait, and steps
+        # get many times slower. Split the cores between the local ranks.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or dist.get_world_size())
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
     return dist.get_rank(), dist.get_world_size(), local_rank
 
 
