@@ -311,7 +311,7 @@ def _ground_truth(folder: Path) -> dict:
 
 
 def test_vqa_rank_inference_uses_the_train_answer_list_and_official_accuracy(shards, tmp_path):
-    cfg = make_cfg(shards, "vqa")
+    cfg = make_cfg(shards, "vqa", **{"eval.batch_size": 20})
     task = make_task(cfg)
     metrics = evaluate(task, cfg, shards / "test", 0, 1, tmp_path)
     counts = Counter(
@@ -336,7 +336,7 @@ def test_vqa_rank_inference_uses_the_train_answer_list_and_official_accuracy(sha
 def test_vqa_answer_list_file_and_generate_mode(shards, tmp_path):
     listed = tmp_path / "answers.json"
     listed.write_text(json.dumps(["yes", "no", "two"]))
-    cfg = make_cfg(shards, "vqa", **{"data.answer_list": str(listed)})
+    cfg = make_cfg(shards, "vqa", **{"data.answer_list": str(listed), "eval.batch_size": 20})
     evaluate(make_task(cfg), cfg, shards / "test", 0, 1, tmp_path / "rank")
     assert {r["answer"] for r in json.loads((tmp_path / "rank" / "vqa_results.json").read_text())} <= {
         "yes",
@@ -344,11 +344,17 @@ def test_vqa_answer_list_file_and_generate_mode(shards, tmp_path):
         "two",
     }
 
-    cfg = make_cfg(shards, "vqa", **{"eval.vqa_inference": "generate"})
+    cfg = make_cfg(shards, "vqa", **{"eval.vqa_inference": "generate", "eval.batch_size": 20})
     metrics = evaluate(make_task(cfg), cfg, shards / "test", 0, 1, tmp_path / "gen")
     results = json.loads((tmp_path / "gen" / "vqa_results.json").read_text())
     assert len(results) == len(_ground_truth(shards / "test")) and not (tmp_path / "gen" / "answer_list.json").exists()
     assert metrics["accuracy"] == pytest.approx(vqa_accuracy(results, _ground_truth(shards / "test"))["overall"])
+
+
+def test_vqa_without_answer_list_or_training_split_says_what_to_set(shards, tmp_path):
+    cfg = make_cfg(shards, "vqa", **{"data.train_shards": str(tmp_path / "missing")})
+    with pytest.raises(FileNotFoundError, match="needs an answer list.*data.answer_list"):
+        evaluate(make_task(cfg), cfg, shards / "test", 0, 1, tmp_path)
 
 
 def test_video_retrieval_and_video_qa_exact_match(shards, tmp_path):

@@ -92,7 +92,16 @@ def resolve_answer_list(task: VQATask, rank: int, world_size: int) -> list[str]:
     d = task.cfg.data
 
     def build() -> list[str]:
-        return load_answer_list(d.answer_list) if d.answer_list else answer_list_from_split(d.train_shards)
+        if d.answer_list:
+            return load_answer_list(d.answer_list)
+        try:
+            return answer_list_from_split(d.train_shards)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"VQA rank inference needs an answer list: data.answer_list is null and the training split "
+                f"data.train_shards={d.train_shards} cannot be read ({e}). Set data.answer_list to a JSON list of "
+                "answers, point data.train_shards at the training shards, or use eval.vqa_inference=generate."
+            ) from e
 
     return on_rank0(build, rank, world_size)
 
