@@ -92,9 +92,10 @@ def test_help_names_every_option():
 
 
 @pytest.mark.slow
-def test_plain_python_run_with_saved_adapter_equals_in_process_evaluation(setup, tmp_path):
+def test_saved_adapter_plain_python_equals_in_process_and_two_deepspeed_ranks_with_mlflow(setup, tmp_path):
     out = tmp_path / "out"
-    proc = run_eval(["--config", str(setup["config"]), "--adapter", str(setup["adapter"]), "--out", str(out)])
+    base = ["--config", str(setup["config"]), "--adapter", str(setup["adapter"])]
+    proc = run_eval([*base, "--out", str(out)])
     ok(proc)
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"txt_r1", "img_r1", "r_mean", "itc_r_mean"} <= set(metrics)
@@ -104,14 +105,28 @@ def test_plain_python_run_with_saved_adapter_equals_in_process_evaluation(setup,
     # The same backbone with the adapter loaded in this process gives the same scores...
     cfg = load_config(setup["config"])
     bb = load_backbone(cfg.model, cfg.task, seed=cfg.train.seed)
-    method = load_adapter(bb.model, setup["adapter"])
-    task = build_task(cfg, bb.model, bb.tokenizer)
-    evaluate(task, cfg, cfg.data.test_shards, 0, 1, tmp_path / "here")
+    assert load_adapter(bb.model, setup["adapter"]).name == "unitrans"
+    evaluate(build_task(cfg, bb.model, bb.tokenizer), cfg, cfg.data.test_shards, 0, 1, tmp_path / "here")
     np.testing.assert_allclose(scores(out), scores(tmp_path / "here"), atol=1e-5)
-    assert method.name == "unitrans"
-    # ... and the adapter matters: the zero-shot run (in process) scores differently.
+    # ... the adapter matters: the zero-shot run (in process) scores differently ...
     assert _eval_main()(["--config", str(setup["config"]), "--out", str(tmp_path / "zs")]) == 0
     assert not np.allclose(scores(out), scores(tmp_path / "zs"), atol=1e-4)
+
+    # ... and 2 ranks under the deepspeed launcher give the same metrics, logged to a real MLflow store.
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    two = tmp_path / "two"
+    ok(run_eval([*base, "--out", str(two), "--mlflow"], ranks=2, env={"MLFLOW_TRACKING_URI": uri}))
+    m2 = json.loads((two / "metrics.json").read_text())
+    metrics.pop("eval_seconds"), m2.pop("eval_seconds")
+    assert m2 == metrics
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("eval-test").experiment_id])
+    assert run.data.metrics["r_mean"] == pytest.approx(m2["r_mean"])
+    assert run.data.tags["kind"] == "eval" and run.data.tags["split"] == "test"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"eval_test"}
+    assert [h.step for h in client.get_metric_history(run.info.run_id, "r_mean")] == [7]  # the adapter's step
 
 
 def test_zero_shot_vqa_in_process_writes_into_the_default_folder(setup, tmp_path):
@@ -146,24 +161,3 @@ def test_missing_split_and_bad_override_fail_with_status_2(setup, capsys):
     assert "data.val_shards is null" in capsys.readouterr().err
     assert main(["--config", str(setup["config"]), "eval.k_tset=3"]) == 2
     assert "k_tset" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_two_ranks_under_deepspeed_launcher_match_one_rank_and_log_to_mlflow(setup, tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    one, two = tmp_path / "one", tmp_path / "two"
-    base = ["--config", str(setup["config"]), "--adapter", str(setup["adapter"])]
-    ok(run_eval([*base, "--out", str(one)]))
-    ok(run_eval([*base, "--out", str(two), "--mlflow"], ranks=2, env={"MLFLOW_TRACKING_URI": uri}))
-    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
-    m1.pop("eval_seconds"), m2.pop("eval_seconds")
-    assert m1 == m2
-    client = MlflowClient(tracking_uri=uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("eval-test").experiment_id])
-    assert run.data.metrics["r_mean"] == pytest.approx(m2["r_mean"])
-    assert run.data.tags["kind"] == "eval" and run.data.tags["split"] == "test"
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"eval_test"}
-    history = client.get_metric_history(run.info.run_id, "r_mean")
-    assert [h.step for h in history] == [7]  # the adapter's training step
