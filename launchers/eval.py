@@ -55,6 +55,10 @@ def init_distributed(local_rank: int) -> tuple[int, int]:
 
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        # CPU ranks on one machine share its cores; more threads than cores makes OpenMP spin-wait.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or os.environ["WORLD_SIZE"])
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
