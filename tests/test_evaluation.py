@@ -192,8 +192,11 @@ def test_token_store_takes_rows_across_chunks_in_half_precision():
     torch.testing.assert_close(got, data[rows].half().float())
     assert store.nbytes == 8 * 5 * 4 * 2
     big = TokenStore(chunk=4, model_dtype=torch.float32)
-    big.add(torch.full((2, 1, 1), 1e6))
-    assert big.finish().chunks[0].dtype == torch.bfloat16  # beyond fp16's range
+    big.add(torch.ones(2, 1, 1))
+    big.add(torch.full((2, 1, 1), 1e6))  # beyond fp16's range: the chunk falls back to bf16
+    assert big.finish().chunks[0].dtype == torch.bfloat16
+    got = big.take(torch.arange(4), torch.device("cpu"), torch.float32).flatten()
+    torch.testing.assert_close(got, torch.tensor([1.0, 1.0, 1e6, 1e6]), rtol=1e-2, atol=0)
 
 
 # ------------------------------------------------------------------------------------------- merged == unmerged

@@ -77,12 +77,13 @@ class TokenStore:
     def _half(self, t: torch.Tensor) -> torch.Tensor:
         t = t.detach().to("cpu")
         if self.dtype == torch.float16 and t.abs().max() > _HALF_MAX:
-            logger.warning("image token features exceed the fp16 range: this chunk is stored in bf16")
+            logger.warning("image token features exceed the fp16 range: this chunk is stored in bf16 instead")
             return t.to(torch.bfloat16)
         return t.to(self.dtype)
 
     def add(self, tokens: torch.Tensor) -> None:
-        """Append [b, L, D] token features (any dtype or device)."""
+        """Append [b, L, D] token features (any dtype or device); they move to CPU half precision at once."""
+        tokens = self._half(tokens)
         while len(tokens):
             room = self.chunk - self._pending_rows
             self._pending.append(tokens[:room])
@@ -93,7 +94,9 @@ class TokenStore:
 
     def _flush(self) -> None:
         if self._pending:
-            self.chunks.append(self._half(torch.cat(self._pending)))
+            dtypes = {t.dtype for t in self._pending}
+            dtype = dtypes.pop() if len(dtypes) == 1 else torch.bfloat16  # a bf16 fallback batch decides
+            self.chunks.append(torch.cat([t.to(dtype) for t in self._pending]))
         self._pending, self._pending_rows = [], 0
 
     def finish(self) -> TokenStore:
