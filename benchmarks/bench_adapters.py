@@ -65,7 +65,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--rank", type=int, default=64, help="Rank of VCRA / LoRA (default 64, the paper's ~0.19M).")
     p.add_argument("--repeats", type=int, default=3, help="Timed rounds per variant (default 3).")
+    p.add_argument(
+        "--inference-repeats",
+        type=int,
+        default=8,
+        help="Timed rounds per variant in part 2 (default 8: forwards are short, noise on a shared machine is not).",
+    )
     p.add_argument("--warmup", type=int, default=1, help="Untimed runs per variant first (default 1).")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice, one per core). On a shared, busy machine 1 thread and "
+        "the CPU-time ratios are the least noisy.",
+    )
     p.add_argument("--skip-training", action="store_true", help="Skip part 1 (training overhead).")
     p.add_argument("--skip-inference", action="store_true", help="Skip part 2 (merged inference).")
     p.add_argument("--json", type=Path, default=None, help="Also write every number to this JSON file.")
@@ -170,18 +183,23 @@ def merged_inference(base: torch.nn.Module, args, batch: dict, tokenizer) -> tup
 
         return run
 
-    timings = interleaved({k: forward(t) for k, t in tasks.items()}, args.repeats, args.warmup, "merged inference")
+    timings = interleaved(
+        {k: forward(t) for k, t in tasks.items()}, args.inference_repeats, args.warmup, "merged inference"
+    )
     return timings, info
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     result: dict = {"machine": machine_line(), "args": {k: str(v) for k, v in vars(args).items()}}
     print(f"machine: {result['machine']}")
     print(
         f"BLIP-base (BlipConfig() defaults, random weights), fp32 CPU, batch {args.batch}, {args.image_size} px, "
-        f"35 text tokens, rank {args.rank}; {args.warmup} warmup + {args.repeats} interleaved rounds per variant"
+        f"35 text tokens, rank {args.rank}; {args.warmup} warmup + {args.repeats} interleaved rounds per variant "
+        f"({args.inference_repeats} for inference)"
     )
 
     counts = parameter_counts(args.rank)

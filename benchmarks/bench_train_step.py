@@ -68,6 +68,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["unitrans", "full", "lora"],
         help="Methods to compare (default: unitrans full lora). `unitrans+ckpt` adds gradient checkpointing.",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice, one per core). On a shared, busy machine 1 thread and "
+        "the CPU-time ratios are the least noisy.",
+    )
     p.add_argument("--skip-memory", action="store_true", help="Only time the steps.")
     p.add_argument("--skip-timing", action="store_true", help="Only measure peak memory.")
     p.add_argument("--json", type=Path, default=None, help="Also write every number to this JSON file.")
@@ -158,6 +165,7 @@ def measure_memory(args) -> dict[str, dict]:
             str(args.rank),
             "--memory-steps",
             str(args.memory_steps),
+            *(["--threads", str(args.threads)] if args.threads else []),
         ]
         out[method] = run_json_child(argv)
     return out
@@ -165,6 +173,8 @@ def measure_memory(args) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(child(args)))
         return {}
