@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402  (the script's folder is put on the path first)
     build_blip_base,
     current_rss_bytes,
+    flush_denormals,
     interleaved,
     machine_line,
     mib,
@@ -74,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="torch CPU threads (default: torch's choice, one per core). On a shared, busy machine 1 thread and "
         "the CPU-time ratios are the least noisy.",
+    )
+    p.add_argument(
+        "--keep-denormals",
+        action="store_true",
+        help="Compute with subnormal floats (slow on x86; the random init produces many). Default: flush to zero.",
     )
     p.add_argument("--skip-memory", action="store_true", help="Only time the steps.")
     p.add_argument("--skip-timing", action="store_true", help="Only measure peak memory.")
@@ -166,6 +172,7 @@ def measure_memory(args) -> dict[str, dict]:
             "--memory-steps",
             str(args.memory_steps),
             *(["--threads", str(args.threads)] if args.threads else []),
+            *(["--keep-denormals"] if args.keep_denormals else []),
         ]
         out[method] = run_json_child(argv)
     return out
@@ -175,11 +182,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    flushing = flush_denormals(args.keep_denormals)
     if args.child:
         print(json.dumps(child(args)))
         return {}
     result: dict = {"machine": machine_line(), "args": {k: str(v) for k, v in vars(args).items()}}
-    print(f"machine: {result['machine']}")
+    result["flush_denormals"] = flushing
+    print(f"machine: {result['machine']}; subnormal floats {'flushed to zero' if flushing else 'kept'}")
     print(
         f"BLIP-base (BlipConfig() defaults, random weights), fp32 CPU, retrieval task, batch {args.batch}, "
         f"{args.image_size} px, 35 text tokens, rank {args.rank}; one step = forward, backward, grad clip, AdamW"
