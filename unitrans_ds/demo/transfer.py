@@ -271,7 +271,8 @@ class Cell:
     total: int
 
     def text(self) -> str:
-        return f"{self.mean:.1f} ± {self.std:.1f}" if self.n > 1 else f"{self.mean:.1f}"
+        digits = 2 if abs(self.mean) < 10 else 1  # CIDEr lives near 0..1, recalls and accuracies in percent
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}" if self.n > 1 else f"{self.mean:.{digits}f}"
 
 
 def summarize(records: list[RunRecord], rank: int) -> dict[str, dict[str, Cell]]:
