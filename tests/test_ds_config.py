@@ -48,14 +48,13 @@ def test_shipped_config_resolves_with_defaults(name, world_size):
 
 
 def test_default_config_resolves_every_shipped_json():
-    cfg = build_config({})  # global 16 = micro 16: one rank, no accumulation
+    cfg = build_config({})  # global 16 = micro 8: accumulation 2 on one rank, 1 on two ranks
     for name in SHIPPED:
-        assert resolve_ds_config(name, cfg, 1, bf16_supported=False)["gradient_accumulation_steps"] == 1
-        # two ranks cannot split a global batch of 16 into micro batches of 16: a clear error, not a guess
+        assert resolve_ds_config(name, cfg, 1, bf16_supported=False)["gradient_accumulation_steps"] == 2
+        assert resolve_ds_config(name, cfg, 2, bf16_supported=False)["gradient_accumulation_steps"] == 1
+        # three ranks cannot split a global batch of 16 into micro batches of 8: a clear error, not a guess
         with pytest.raises(DeepSpeedConfigError, match="global_batch_size=16 is not a multiple of"):
-            resolve_ds_config(name, cfg, 2, bf16_supported=False)
-        halved = build_config({"train": {"micro_batch_size": 8}})
-        assert resolve_ds_config(name, halved, 2, bf16_supported=False)["gradient_accumulation_steps"] == 1
+            resolve_ds_config(name, cfg, 3, bf16_supported=False)
 
 
 def test_zero3_and_offload_specifics():

@@ -45,7 +45,7 @@ def setup(tmp_path_factory) -> dict:
     config = {
         "task": "retrieval",
         "method": {"name": "unitrans", "rank": 4},
-        "model": {"image_size": SIZE},
+        "model": {"init_from": "tiny", "image_size": SIZE},
         "data": {"train_shards": str(root / "train"), "val_shards": None, "test_shards": str(root / "test")},
         "eval": {"k_test": 4, "batch_size": 4},
         "train": {"output_dir": str(root / "run")},

@@ -67,7 +67,7 @@ def make_cfg(shards: Path, task: str, method: str = "unitrans", **over):
     data = {
         "task": task,
         "method": {"name": method, "rank": 4},
-        "model": {"image_size": SIZE},
+        "model": {"init_from": "tiny", "image_size": SIZE},
         "data": {"train_shards": str(shards / "train"), "test_shards": str(shards / "test"), "num_frames": 4},
         "eval": {"k_test": 4, "batch_size": 5, "num_beams": 2, "max_length": 10, "min_length": 3, "vqa_k_test": 4},
     }

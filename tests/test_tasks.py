@@ -17,7 +17,12 @@ SIZE = 32
 
 def _task(task: str, method: str = "unitrans", **over):
     cfg = build_config(
-        {"task": task, "method": {"name": method, "rank": 4}, "model": {"image_size": SIZE}, "eval": {"num_beams": 2}},
+        {
+            "task": task,
+            "method": {"name": method, "rank": 4},
+            "model": {"init_from": "tiny", "image_size": SIZE},
+            "eval": {"num_beams": 2},
+        },
         [f"{k}={v}" for k, v in over.items()],
     )
     bb = load_backbone(cfg.model, task, seed=0)
@@ -103,3 +108,18 @@ def test_rank_answers_prefers_the_likelier_answer():
         opt.step()
         opt.zero_grad()
     assert v.rank_answers(b["pixel_values"], b["question"], ["no", "red", "yes", "ring"], k=4) == ["yes"]
+
+
+def test_gradient_checkpointing_trains_and_matches():
+    plain, ckpt = _task("retrieval"), _task("retrieval", **{"model.gradient_checkpointing": "true"})
+    plain.train()
+    ckpt.train()
+    a, b = plain(_batch("retrieval"), 0), ckpt(_batch("retrieval"), 0)
+    a["loss"].backward()
+    b["loss"].backward()
+    torch.testing.assert_close(a["loss"], b["loss"])
+    ga = {n: p.grad for n, p in plain.named_parameters() if p.grad is not None}
+    gb = {n: p.grad for n, p in ckpt.named_parameters() if p.grad is not None}
+    assert ga.keys() == gb.keys() and ga
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], rtol=1e-4, atol=1e-6)

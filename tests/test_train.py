@@ -49,6 +49,7 @@ def common(shards: Path, out: Path, steps: int = 3) -> list[str]:
         "train.global_batch_size=8",
         "train.log_every=1",
         "train.zero_shot_eval=false",
+        "model.init_from=tiny",
         "model.image_size=32",
         "method.rank=4",
         "eval.k_test=4",

@@ -40,15 +40,18 @@ class TinyModelConfig:
 class ModelConfig:
     init_from: str = _help(
         "Where the backbone comes from: `tiny` (built from `model.tiny`, random weights), a HF hub name such as "
-        "`Salesforce/blip-itm-base-coco`, a local `save_pretrained` folder, or an original BLIP/LAVIS `.pth`.",
-        "tiny",
+        "`Salesforce/blip-itm-base-coco`, a local `save_pretrained` folder, or an original BLIP/LAVIS `.pth`. "
+        "The embedded default is the committed tiny BLIP pretrained on shapes domain A (pretrained/README.md).",
+        "pretrained/tiny-blip-retrieval",
     )
     tokenizer: str | None = _help(
         "Tokenizer name or folder. Default: the `init_from` folder/hub name, or the bundled demo vocabulary for "
         "`tiny` and `.pth` inits without one.",
         None,
     )
-    image_size: int = _help("Input image size in pixels (square). 384 for BLIP retrieval, 480 for VQA; 64 for the demo.", 64)
+    image_size: int = _help(
+        "Input image size in pixels (square). 384 for BLIP retrieval, 480 for VQA; 64 for the demo.", 64
+    )
     tiny: TinyModelConfig = _help("Sizes for `init_from: tiny`.", factory=TinyModelConfig)
     gradient_checkpointing: bool = _help("Recompute activations in the backward pass to save memory.", False)
 
@@ -126,7 +129,9 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = _help("Peak learning rate.", 1e-3)
+    lr: float = _help(
+        "Peak learning rate (1e-2 suits the VCRA vectors of the demo; the paper configs set their own).", 1e-2
+    )
     weight_decay: float = _help("AdamW weight decay (not applied to vectors, scalars and the temperature).", 0.05)
     betas: list[float] = _help("AdamW betas.", factory=lambda: [0.9, 0.999])
     eps: float = _help("AdamW epsilon.", 1e-8)
@@ -137,7 +142,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _help("Passes over the training set.", 1)
+    epochs: int = _help("Passes over the training set (2 for the embedded demo: 150 steps).", 2)
     max_steps: int | None = _help("Stop after this many optimizer steps (overrides epochs when smaller).", None)
     global_batch_size: int = _help("Samples per optimizer step over all ranks.", 16)
     micro_batch_size: int = _help(

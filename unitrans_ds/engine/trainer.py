@@ -127,8 +127,6 @@ class Trainer:
         backbone = load_backbone(cfg.model, cfg.task, seed=cfg.train.seed)
         self.base_name, self.tokenizer = backbone.source, backbone.tokenizer
         self.report = prepare_model(backbone.model, cfg.method)
-        if cfg.model.gradient_checkpointing:
-            backbone.model.gradient_checkpointing_enable()
         self.task = build_task(cfg, backbone.model, self.tokenizer, self.rank, self.world)
         optimizer = build_optimizer(self.task, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, self.total_steps)

@@ -331,8 +331,14 @@ def load_backbone(model_cfg: ModelConfig, task: str, seed: int = 0) -> Backbone:
         )
     if model_cfg.gradient_checkpointing:
         # transformers 5 renamed it; 4.x only has the old name
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable()
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        # HF then hooks the word embeddings so their output requires grad (needed only by reentrant
+        # checkpointing); BLIP adds position embeddings to that tensor in place, which autograd refuses.
+        model.disable_input_require_grads()
     return Backbone(
         model=model,
         tokenizer=tok,
