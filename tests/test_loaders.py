@@ -287,9 +287,8 @@ def test_config_entry_points_follow_the_config(shards):
     train = train_loader_from_config(cfg, rank=0, world_size=1)
     assert train.steps_per_epoch == 24 // 8
     assert next(iter(train))["pixel_values"].shape == (8, 3, SIZE, SIZE)
-    val = eval_loader_from_config(cfg, "val", rank=0, world_size=1)
+    val = eval_loader_from_config(cfg, cfg.data.val_shards, rank=0, world_size=1)
     assert val.num_items == 24 and len(val) == 3
-    assert eval_loader_from_config(cfg, "test", rank=0, world_size=1) is None
 
 
 def test_shards_with_nothing_usable_fail_instead_of_looping_forever(tmp_path):

@@ -290,13 +290,8 @@ def build_eval_loader(
     )
 
 
-def train_loader_from_config(
-    cfg: Config, *, rank: int, world_size: int, epoch: int = 0, hflip: bool = True
-) -> TrainLoader:
-    """`build_train_loader` with the run config's data, model and train settings (trainer entry point).
-
-    `hflip` is not in the config tree yet; callers whose data names left and right pass False.
-    """
+def train_loader_from_config(cfg: Config, *, rank: int, world_size: int, epoch: int = 0) -> TrainLoader:
+    """`build_train_loader` with the run config's data, model and train settings (the trainer's entry point)."""
     d = cfg.data
     return build_train_loader(
         d.train_shards,
@@ -313,18 +308,16 @@ def train_loader_from_config(
         video=cfg.video,
         num_frames=d.num_frames,
         max_words=d.max_words,
-        hflip=hflip,
+        hflip=d.hflip,
         randaugment=d.randaugment,
     )
 
 
-def eval_loader_from_config(cfg: Config, split: str, *, rank: int, world_size: int) -> EvalLoader | None:
-    """`build_eval_loader` for `split` (`val` or `test`) with the run config; None when that split is off."""
-    if split not in ("val", "test"):
-        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-    folder = cfg.data.val_shards if split == "val" else cfg.data.test_shards
-    if folder is None:
-        return None
+def eval_loader_from_config(
+    cfg: Config, folder: str | Path, *, rank: int, world_size: int, max_words: int | None = None
+) -> EvalLoader:
+    """`build_eval_loader` over the shards `folder` with the run config's sizes, batch and workers
+    (the evaluators' entry point). `max_words` overrides `data.max_words`."""
     return build_eval_loader(
         folder,
         task=cfg.task,
@@ -335,5 +328,5 @@ def eval_loader_from_config(cfg: Config, split: str, *, rank: int, world_size: i
         num_workers=cfg.data.num_workers,
         video=cfg.video,
         num_frames=cfg.data.num_frames,
-        max_words=cfg.data.max_words,
+        max_words=max_words or cfg.data.max_words,
     )

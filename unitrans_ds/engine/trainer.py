@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..adapters import prepare_model, save_adapter, trainable_state_dict, zero3_register_external
 from ..config import Config, flatten, save_config, to_dict
-from ..data.loaders import build_train_loader, check_shards
+from ..data.loaders import check_shards, train_loader_from_config
 from ..data.manifest import read_manifest
 from ..data.skips import SkipTotals
 from ..models.build import load_backbone
@@ -97,23 +97,7 @@ class Trainer:
 
         self.ds_cfg = resolve_ds_config(ds_config, cfg, self.world, bf16_supported())
         self.stage = int(self.ds_cfg.get("zero_optimization", {}).get("stage", 0))
-        self.train_loader = build_train_loader(
-            cfg.data.train_shards,
-            task=cfg.task,
-            image_size=cfg.model.image_size,
-            micro_batch_size=cfg.train.micro_batch_size,
-            rank=self.rank,
-            world_size=self.world,
-            num_workers=cfg.data.num_workers,
-            seed=cfg.train.seed,
-            resampled=cfg.data.resampled,
-            shuffle_buffer=cfg.data.shuffle_buffer,
-            video=cfg.video,
-            num_frames=cfg.data.num_frames,
-            max_words=cfg.data.max_words,
-            hflip=cfg.data.hflip,
-            randaugment=cfg.data.randaugment,
-        )
+        self.train_loader = train_loader_from_config(cfg, rank=self.rank, world_size=self.world)
         for split in ("val", "test"):  # fail now, not after hours of training
             folder = getattr(cfg.data, f"{split}_shards")
             if folder:

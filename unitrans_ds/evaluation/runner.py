@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config.schema import Config
-from ..data.loaders import EvalLoader, build_eval_loader
+from ..data.loaders import EvalLoader, eval_loader_from_config
 from ..tasks import Task
 from .captioning import evaluate_captioning
 from .retrieval import evaluate_retrieval
@@ -31,17 +31,8 @@ _UNCUT = 10_000
 
 def eval_loader(cfg: Config, split_dir: str | Path, rank: int, world_size: int) -> EvalLoader:
     """This rank's eval loader over `split_dir` with the run config's sizes, batch and workers."""
-    return build_eval_loader(
-        split_dir,
-        task=cfg.task,
-        image_size=cfg.model.image_size,
-        batch_size=cfg.eval.batch_size,
-        rank=rank,
-        world_size=world_size,
-        num_workers=cfg.data.num_workers,
-        video=cfg.video,
-        num_frames=cfg.data.num_frames,
-        max_words=_UNCUT if cfg.task == "captioning" else cfg.data.max_words,
+    return eval_loader_from_config(
+        cfg, split_dir, rank=rank, world_size=world_size, max_words=_UNCUT if cfg.task == "captioning" else None
     )
 
 
