@@ -34,6 +34,7 @@ from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402  (the script's folder is put on the path first)
     Timings,
+    add_machine_args,
     blip_base_config,
     build_blip_base,
     flush_denormals,
@@ -73,18 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Timed rounds per variant in part 2 (default 8: forwards are short, noise on a shared machine is not).",
     )
     p.add_argument("--warmup", type=int, default=1, help="Untimed runs per variant first (default 1).")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's choice, one per core). On a shared, busy machine 1 thread and "
-        "the CPU-time ratios are the least noisy.",
-    )
-    p.add_argument(
-        "--keep-denormals",
-        action="store_true",
-        help="Compute with subnormal floats (slow on x86; the random init produces many). Default: flush to zero.",
-    )
+    add_machine_args(p)
     p.add_argument("--skip-training", action="store_true", help="Skip part 1 (training overhead).")
     p.add_argument("--skip-inference", action="store_true", help="Skip part 2 (merged inference).")
     p.add_argument("--json", type=Path, default=None, help="Also write every number to this JSON file.")

@@ -28,6 +28,7 @@ from transformers import BlipForImageTextRetrieval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402  (the script's folder is put on the path first)
+    add_machine_args,
     build_blip_base,
     current_rss_bytes,
     flush_denormals,
@@ -69,18 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["unitrans", "full", "lora"],
         help="Methods to compare (default: unitrans full lora). `unitrans+ckpt` adds gradient checkpointing.",
     )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's choice, one per core). On a shared, busy machine 1 thread and "
-        "the CPU-time ratios are the least noisy.",
-    )
-    p.add_argument(
-        "--keep-denormals",
-        action="store_true",
-        help="Compute with subnormal floats (slow on x86; the random init produces many). Default: flush to zero.",
-    )
+    add_machine_args(p)
     p.add_argument("--skip-memory", action="store_true", help="Only time the steps.")
     p.add_argument("--skip-timing", action="store_true", help="Only measure peak memory.")
     p.add_argument("--json", type=Path, default=None, help="Also write every number to this JSON file.")

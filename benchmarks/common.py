@@ -44,6 +44,22 @@ class Timings:
         return statistics.median(getattr(self, kind))
 
 
+def add_machine_args(p) -> None:
+    """`--threads` and `--keep-denormals`, shared by the model benchmarks (see README: measuring on a shared CPU)."""
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice, one per core). On a shared, busy machine 1 thread and "
+        "the CPU-time ratios are the least noisy.",
+    )
+    p.add_argument(
+        "--keep-denormals",
+        action="store_true",
+        help="Compute with subnormal floats (slow on x86; the random init produces many). Default: flush to zero.",
+    )
+
+
 def interleaved(
     variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, desc: str = "timing"
 ) -> dict[str, Timings]:
