@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from unitrans_ds.config import ConfigError, load_config  # noqa: E402
+from unitrans_ds.engine.distributed import shutdown_distributed  # noqa: E402
 from unitrans_ds.engine.ds_config import DeepSpeedConfigError  # noqa: E402
 
 
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DeepSpeedConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        shutdown_distributed()
     return 0
 
 

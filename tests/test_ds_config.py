@@ -258,6 +258,7 @@ def _worker(out_dir: str) -> None:
         with torch.no_grad():
             results[name] = {"steps": engine.global_steps, "out": engine(probe).tolist()}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()  # a group left to interpreter exit can abort the process (issue 17)
 
 
 @pytest.mark.slow

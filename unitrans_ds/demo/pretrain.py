@@ -28,6 +28,7 @@ import torch
 
 from ..config import Config, load_config
 from ..config.schema import TASKS
+from ..engine.distributed import shutdown_distributed
 
 #: the tiny sizes of every demo backbone: ~1.9M (retrieval, captioning) and ~3.1M (VQA) parameters
 TINY_SIZES = {
@@ -240,4 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:  # after the last collective, on success, error and stop alike
+        shutdown_distributed()

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from ..config import Config, flatten, load_config, to_dict
 from ..config.schema import METHODS
+from ..engine.distributed import shutdown_distributed
 
 EXPERIMENT = "unitrans-transfer"
 
@@ -531,4 +532,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:  # after the last collective, on success, error and stop alike
+        shutdown_distributed()

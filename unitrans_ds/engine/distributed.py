@@ -37,6 +37,18 @@ def init_distributed() -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), local_rank
 
 
+def shutdown_distributed() -> None:
+    """Tear the process group down; every entry point that may have initialised one calls it before exit.
+
+    Call it after the last collective, on success, error and stop alike (a `finally`). A group left to the
+    interpreter's exit is destroyed during static destruction, while gloo's worker threads (and the TCP store's)
+    may still be joinable: the C++ runtime then aborts a finished run with `terminate called without an active
+    exception` (SIGABRT), at random. Local only: no collective, so a rank that fails alone does not hang here.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Average scalar values over ranks (a collective: every rank must call it with the same keys)."""
     if not values:
