@@ -33,7 +33,7 @@ from ..tracking import build_tracker
 from .checkpoint import TrainState, latest_tag, load_checkpoint, save_checkpoint
 from .distributed import barrier, init_distributed, mean_over_ranks, sum_over_ranks
 from .ds_config import bf16_supported, resolve_ds_config
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, clamp_temperature, temperature_param
 from .versions import collect_versions, git_commit
 
 log = logging.getLogger("unitrans_ds.train")
@@ -122,6 +122,7 @@ class Trainer:
         )
         if self.stage == 3:
             zero3_register_external(self.task.model)
+        self.temperature = temperature_param(self.engine.module)  # clamped after every optimizer step
         self.tracker = build_tracker(cfg.tracking, self.rank, self.run_dir)
         self.state = TrainState()
         self._eval_copy = None
@@ -301,6 +302,8 @@ class Trainer:
                     )
                 self.engine.backward(losses["loss"])
                 self.engine.step()
+                if self.temperature is not None:  # BLIP's range, after the step (a no-op between boundaries)
+                    clamp_temperature(self.temperature, self.engine.optimizer)
                 b = self.task.samples_in(batch)
                 self.state.micro_step += 1
                 self.state.step_in_epoch += 1
