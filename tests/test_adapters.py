@@ -250,3 +250,45 @@ def test_frozen_bank_is_buffer_and_recreated_from_seed():
     assert not isinstance(ba.A, torch.nn.Parameter)
     assert torch.equal(ba.A, bb.A) and torch.equal(ba.B, bb.B)
     assert "unitrans.banks.enc.A" not in a.state_dict()
+
+
+class _PositionalBertLayer(torch.nn.Module):
+    """A real BLIP text layer behind transformers 4.x's signature, which its encoder calls positionally as
+    `(hidden, attention_mask, head_mask, encoder_hidden_states, encoder_attention_mask, ...)`."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(
+        self,
+        hidden_states,
+        attention_mask=None,
+        head_mask=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_value=None,
+        output_attentions=False,
+    ):
+        return self.layer(hidden_states, encoder_hidden_states, attention_mask=attention_mask)
+
+
+def test_qasn_binds_block_arguments_by_name_not_position():
+    from unitrans_ds.adapters.bank import SharedBank
+    from unitrans_ds.adapters.qasn import SideState
+
+    model = make_tiny("retrieval")
+    base = _PositionalBertLayer(model.text_encoder.encoder.layer[0])
+    bank = SharedBank(4, 64, 64, seed=0, trainable=False)
+    side = SideState()
+    layer = QASNLayer(base, 0, False, 64, bank, side, "tanh")
+    with torch.no_grad():
+        layer.qasn_b.fill_(0.5)  # a non-zero side update, so running it would show in the output
+    x, img = torch.randn(2, 5, 64), torch.randn(2, 7, 64)
+    mask = torch.zeros(2, 1, 1, 5)
+    with torch.no_grad():
+        # A text-only call as 4.x makes it: the mask sits where 5.x has encoder_hidden_states.
+        torch.testing.assert_close(layer(x, mask, None, None, None), base(x, mask))
+        assert side.h is None, "the side network ran in a text-only pass"
+        fused = layer(x, mask, None, img, None)
+        assert side.h is not None and not torch.allclose(fused, base(x, mask, None, img))

@@ -300,3 +300,25 @@ def test_blip_base_sizes_are_inferred_from_shapes():
     assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.intermediate_size) == (768, 12, 12, 3072)
     assert (t.vocab_size, t.max_position_embeddings, t.encoder_hidden_size) == (30524, 512, 768)
     assert config.image_text_hidden_size == 256
+
+
+def test_learned_temperature_is_the_starting_temperature(tmp_path):
+    """BLIP's learned `temp` survives the conversion (config.json) and starts the prepared model's ITC
+    temperature; a backbone without one (an HF hub checkpoint) starts at BLIP's initial 0.07."""
+    from unitrans_ds.adapters import get_state, prepare_model
+    from unitrans_ds.config.schema import MethodConfig
+
+    ref = reference_model("retrieval")
+    sd = to_original_layout(ref.state_dict(), SIZES.vision_layers)
+    sd.update({**EXTRAS, "temp": torch.tensor(0.0123)})
+    path = tmp_path / "model.pth"
+    torch.save({"model": sd}, path)
+    out = tmp_path / "hf"
+    main(["--checkpoint", str(path), "--task", "retrieval", "--out", str(out)])
+    for source in (path, out):
+        bb = load_backbone(ModelConfig(init_from=str(source), image_size=IMAGE), "retrieval")
+        prepare_model(bb.model, MethodConfig(name="unitrans", rank=4))
+        assert get_state(bb.model).temp.item() == pytest.approx(0.0123)
+    plain = TASK_CLASSES["retrieval"](tiny_blip_config(SIZES, image_size=IMAGE))
+    prepare_model(plain, MethodConfig(name="unitrans", rank=4))
+    assert get_state(plain).temp.item() == pytest.approx(0.07)

@@ -108,9 +108,10 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------------- retrieval
-def brute_force_scores(task, loader, k: int, beta: float):
+def brute_force_scores(task, loader, k: int, beta: float, itm_score: str = "logit"):
     """ITM for EVERY pair through the task's own helpers, then BLIP's rule: ITM + beta*ITC on the ITC top-k of each
-    query, -inf elsewhere. Images in sorted-id order, texts image by image; tokens rounded to fp16 as stored.
+    query, the ITM term being the raw match logit itm_head(...)[:, 1] (or its softmax probability with `prob`),
+    -inf elsewhere. Images in sorted-id order, texts image by image; tokens rounded to fp16 as stored.
     One big batch here against the evaluator's chunks: agreement also shows that batching does not matter."""
     items = []
     with torch.no_grad():
@@ -132,7 +133,8 @@ def brute_force_scores(task, loader, k: int, beta: float):
         itm = torch.empty_like(itc)
         for g, it in enumerate(items):
             tok = it[2].unsqueeze(0).expand(len(unique), -1, -1)
-            itm[g] = task.itm_logits(tok, ids, mask).softmax(-1)[:, 1][canon]
+            logits = task.itm_logits(tok, ids, mask)
+            itm[g] = (logits.softmax(-1) if itm_score == "prob" else logits)[:, 1][canon]
     final = itm + beta * itc
     s_i2t = torch.full_like(itc, float("-inf"))
     top = itc.topk(min(k, itc.shape[1]), dim=1).indices
@@ -143,14 +145,16 @@ def brute_force_scores(task, loader, k: int, beta: float):
     return s_i2t.numpy(), s_t2i.numpy(), img2txt, txt2img
 
 
-@pytest.mark.parametrize("k_test", [3, 1000])
-def test_retrieval_matches_brute_force_itm_rerank(shards, tmp_path, k_test):
-    """k_test below the pool re-scores only the ITC top-k; k_test above it re-scores the whole pool."""
-    cfg = make_cfg(shards, "retrieval", **{"eval.k_test": k_test, "eval.itm_beta": 0.5})
+@pytest.mark.parametrize(("k_test", "itm_score"), [(3, None), (1000, None), (3, "prob")])
+def test_retrieval_matches_brute_force_itm_rerank(shards, tmp_path, k_test, itm_score):
+    """k_test below the pool re-scores only the ITC top-k; k_test above it re-scores the whole pool. The default
+    ITM term is the raw logit (BLIP/LAVIS); `eval.itm_score=prob` adds the match probability instead."""
+    over = {"eval.k_test": k_test, "eval.itm_beta": 0.5, **({"eval.itm_score": itm_score} if itm_score else {})}
+    cfg = make_cfg(shards, "retrieval", **over)
     task = make_task(cfg)
     loader = eval_loader(cfg, shards / "test", 0, 1)
     metrics = evaluate_retrieval(task, loader, 0, 1, tmp_path)
-    s_i2t, s_t2i, img2txt, txt2img = brute_force_scores(task, loader, k_test, 0.5)
+    s_i2t, s_t2i, img2txt, txt2img = brute_force_scores(task, loader, k_test, 0.5, itm_score or "logit")
     want = retrieval_metrics(s_i2t, s_t2i, img2txt, txt2img)
     assert {k: metrics[k] for k in want} == pytest.approx(want)
     assert metrics["n_images"] == 12 and metrics["n_texts"] == len(txt2img)

@@ -53,7 +53,30 @@ def test_mcam_uses_detached_itc_temperature():
     assert temp.grad is None and txt.grad is not None
 
 
+def test_mcam_reuses_the_gathered_features_without_a_collective():
+    """Rank r of 2 scores its pairs from the features ITC gathered: no process group exists here, so a gather
+    of its own would raise; the mean over both ranks' losses is the one-rank loss of the whole batch."""
+    img = F.normalize(torch.randn(8, 16), dim=-1)
+    txt = F.normalize(torch.randn(8, 16), dim=-1)
+    whole = MCAMLoss(tau=0.05)(img, txt)
+    halves = [MCAMLoss(r, 2, tau=0.05)(img[4 * r : 4 * r + 4], txt[4 * r : 4 * r + 4], img, txt) for r in (0, 1)]
+    torch.testing.assert_close((halves[0] + halves[1]) / 2, whole)
+
+
 # ---------------------------------------------------------------- ITC / ITM on one rank
+
+
+def test_itc_logits_and_softmax_in_fp32_under_bf16_autocast():
+    g = torch.Generator().manual_seed(0)
+    img = F.normalize(torch.randn(32, 256, generator=g), dim=-1).bfloat16()
+    txt = F.normalize(img.float() + 0.3 * torch.randn(32, 256, generator=g), dim=-1).bfloat16()
+    ids = torch.arange(32)
+    temp = torch.tensor([0.01])
+    ref = ITCLoss()(img.float(), txt.float(), ids, temp)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ITCLoss()(img, txt, ids, temp)
+    assert out["loss_itc"].dtype == torch.float32 and out["sim_i2t"].dtype == torch.float32
+    torch.testing.assert_close(out["loss_itc"], ref["loss_itc"], rtol=1e-5, atol=1e-6)
 
 
 def test_itc_image_id_positives():
@@ -118,7 +141,7 @@ def _losses(rank: int, world: int, n_total: int):
     temp = torch.tensor(0.1)
     fi, ft = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
     itc = ITCLoss(rank, world)(fi, ft, ids, temp)
-    mcam = MCAMLoss(rank, world)(fi, ft, itc_temp=temp)
+    mcam = MCAMLoss(rank, world)(fi, ft, itc["image_feat_all"], itc["text_feat_all"], itc_temp=temp)
     itm = ITMLoss(rank, world)
     neg = itm.select_negatives(itc["sim_i2t"], itc["sim_t2i"], ids, itc["image_ids_all"], seed=5)
     emb_all = gather(emb, world)

@@ -90,8 +90,9 @@ def test_normalize_answer_official_rules(raw, expected):
         # orange x10: every subset holds 9 matches -> 100.
         (458752002, "orange", 100.0),
         (458752002, " orange\n", 100.0),  # whitespace is always cleaned
-        # Official quirk: the ten answers are identical, so NOTHING is normalized and "Orange" != "orange" -> 0.
-        (458752002, "Orange", 0.0),
+        # lavis-2017 always normalizes the prediction: "Orange" -> "orange", 10 matches -> 100 (official-2021: 0,
+        # see test_the_two_evaluator_releases_disagree_on_real_records).
+        (458752002, "Orange", 100.0),
         # down x7: 100. "Down." -> normalized (answers differ) -> "down" -> 100.
         (262148000, "Down.", 100.0),
         # "at the table" -> drop "the" -> "at table", which one annotator gave: 30.
@@ -102,6 +103,32 @@ def test_normalize_answer_official_rules(raw, expected):
 )
 def test_question_accuracy_worked_by_hand(gt, qid, prediction, expected_pct):
     assert 100.0 * question_accuracy(prediction, gt[qid]["answers"]) == pytest.approx(expected_pct)
+
+
+@pytest.mark.parametrize(
+    ("qid", "prediction", "lavis_2017", "official_2021"),
+    [
+        # Ten identical "orange": 2021 normalizes nothing, so "Orange" and "orange." miss; 2017 always normalizes
+        # the prediction, so both become "orange" and hit.
+        (458752002, "Orange", 100.0, 0.0),
+        (458752002, "orange.", 100.0, 0.0),
+        # The answers differ: both normalize the prediction and agree.
+        (458752000, "The Net", 100.0, 100.0),
+        (262148000, "at the table", 30.0, 30.0),
+    ],
+)
+def test_the_two_evaluator_releases_disagree_on_real_records(gt, qid, prediction, lavis_2017, official_2021):
+    answers = gt[qid]["answers"]
+    assert 100.0 * question_accuracy(prediction, answers, "lavis-2017") == pytest.approx(lavis_2017)
+    assert 100.0 * question_accuracy(prediction, answers, "official-2021") == pytest.approx(official_2021)
+    preds = {qid: prediction}
+    assert vqa_accuracy(preds, gt)["overall"] == pytest.approx(lavis_2017)  # the default is lavis-2017
+    assert vqa_accuracy(preds, gt, "official-2021")["overall"] == pytest.approx(official_2021)
+
+
+def test_unknown_evaluator_is_named():
+    with pytest.raises(ValueError, match="eval.vqa_evaluator must be one of lavis-2017, official-2021"):
+        question_accuracy("yes", ["yes"] * 10, "vqa-2015")
 
 
 def test_two_and_three_matches_follow_the_leave_one_out_average():
@@ -172,9 +199,11 @@ def test_write_vqa_results_round_trip(tmp_path, gt):
     assert vqa_accuracy(records, gt)["overall"] == pytest.approx(100.0)
 
 
-def _official_accuracy(res_ans: str, answers: list[str]) -> float:
-    """A line-by-line transcription of GT-Vision-Lab/VQA vqaEval.py @ a013f004 (`evaluate` for one question,
-    `processPunctuation`, `processDigitArticle`), used as an independent reference for `question_accuracy`."""
+def _official_accuracy(res_ans: str, answers: list[str], release: str) -> float:
+    """A line-by-line transcription of `evaluate` for one question, `processPunctuation` and `processDigitArticle`
+    of two releases of the official vqaEval.py, used as an independent reference for `question_accuracy`:
+    `official-2021` = GT-Vision-Lab/VQA @ a013f004; `lavis-2017` = the v2.0 release as salesforce/LAVIS ships it
+    (lavis/common/vqa_tools/vqa_eval.py), which differs only in `evaluate`."""
     import re
 
     tables = json.loads((Path(__file__).parents[1] / "unitrans_ds/assets/vqa_normalization_tables.json").read_text())
@@ -208,13 +237,20 @@ def _official_accuracy(res_ans: str, answers: list[str]) -> float:
         return " ".join(out_text)
 
     gts = [{"answer": a, "answer_id": i} for i, a in enumerate(answers)]
-    for d in gts:
-        d["answer"] = d["answer"].replace("\n", " ").replace("\t", " ").strip()
-    res_ans = res_ans.replace("\n", " ").replace("\t", " ").strip()
-    if len({d["answer"] for d in gts}) > 1:
+    if release == "official-2021":
         for d in gts:
-            d["answer"] = process_digit_article(process_punctuation(d["answer"]))
+            d["answer"] = d["answer"].replace("\n", " ").replace("\t", " ").strip()
+        res_ans = res_ans.replace("\n", " ").replace("\t", " ").strip()
+        if len({d["answer"] for d in gts}) > 1:
+            for d in gts:
+                d["answer"] = process_digit_article(process_punctuation(d["answer"]))
+            res_ans = process_digit_article(process_punctuation(res_ans))
+    else:
+        res_ans = res_ans.replace("\n", " ").replace("\t", " ").strip()
         res_ans = process_digit_article(process_punctuation(res_ans))
+        if len({d["answer"] for d in gts}) > 1:
+            for d in gts:
+                d["answer"] = process_punctuation(d["answer"])
     accs = []
     for g in gts:
         other = [item for item in gts if item != g]
@@ -222,7 +258,8 @@ def _official_accuracy(res_ans: str, answers: list[str]) -> float:
     return sum(accs) / len(accs)
 
 
-def test_agrees_with_a_transcription_of_the_official_evaluator():
+@pytest.mark.parametrize("release", ["lavis-2017", "official-2021"])
+def test_agrees_with_a_transcription_of_the_official_evaluator(release):
     import random
 
     rng = random.Random(0)
@@ -255,7 +292,7 @@ def test_agrees_with_a_transcription_of_the_official_evaluator():
         pool = rng.sample(vocab, rng.randint(1, 4))
         answers = [rng.choice(pool) for _ in range(10)]
         pred = rng.choice(vocab)
-        expected = _official_accuracy(pred, answers)
-        assert question_accuracy(pred, answers) == pytest.approx(expected, abs=1e-12), (pred, answers)
+        expected = _official_accuracy(pred, answers, release)
+        assert question_accuracy(pred, answers, release) == pytest.approx(expected, abs=1e-12), (pred, answers)
         nonzero += expected > 0
     assert nonzero > 200  # the random cases do exercise matches, not only zeros

@@ -80,9 +80,42 @@ def test_video_with_one_frame_equals_image_path():
     assert tv3.shape[1] == 3 * ti.shape[1] and fv3.shape == (2, fi.shape[1])
 
 
-def test_vqa_answer_weights_follow_soft_score():
-    uniq, w = answer_weights(["2"] * 7 + ["3"] * 2 + ["4"])
+def test_vqa_answer_weights_blip_by_default_soft_score_as_option():
+    answers = ["2"] * 7 + ["3"] * 2 + ["4"]
+    uniq, w = answer_weights(answers)  # BLIP: count / number of answers, summing to 1
+    assert uniq == ["2", "3", "4"] and w == [pytest.approx(0.7), pytest.approx(0.2), pytest.approx(0.1)]
+    uniq, w = answer_weights(answers, "soft-score")
     assert uniq == ["2", "3", "4"] and w == [1.0, pytest.approx(2 / 3), pytest.approx(1 / 3)]
+
+
+@pytest.mark.parametrize(("scheme", "smoothing"), [(None, 0.1), ("soft-score", 0.0)])
+def test_vqa_loss_is_blips_weighted_label_smoothed_answer_loss(scheme, smoothing):
+    """The loss by hand from the decoder's log-probabilities: per answer the token-summed cross-entropy with
+    label smoothing eps, (1 - eps) * -log p(label) + eps * mean over the vocabulary of -log p, weighted per
+    question, summed, divided by the questions."""
+    t = _task("vqa", **({"train.vqa_loss": scheme} if scheme else {}))
+    batch = _batch("vqa")
+    with torch.no_grad():
+        loss = t.training_step(batch, 0)["loss"]
+        states, smask = t.encode_questions(batch["pixel_values"], batch["question"])
+        total = 0.0
+        for i, answers in enumerate(batch["answers"]):
+            uniq, weights = answer_weights(answers, scheme or "blip")
+            ids, mask = t.tokenize(uniq, max_length=t.max_answer_tokens, first_token=t.bos_id)
+            logits = t.model.text_decoder(
+                input_ids=ids,
+                attention_mask=mask,
+                encoder_hidden_states=states[i : i + 1].expand(len(uniq), -1, -1),
+                encoder_attention_mask=smask[i : i + 1].expand(len(uniq), -1),
+                return_logits=True,
+            )
+            logp = logits.float().log_softmax(-1)
+            labels, keep = ids[:, 1:], mask[:, 1:].bool()
+            nll = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+            per_token = (1 - smoothing) * nll + smoothing * -logp.mean(-1)
+            per_answer = (per_token * keep).sum(1)
+            total += (torch.tensor(weights) * per_answer).sum()
+    torch.testing.assert_close(loss, total / len(batch["answers"]), rtol=1e-5, atol=1e-5)
 
 
 def test_inference_helpers():

@@ -13,7 +13,7 @@ from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
 from ..config.schema import METHODS, MethodConfig
 from .bank import SharedBank
 from .qasn import QASNLayer, SideState
-from .state import ATTR, UniTransState, get_state
+from .state import ATTR, UniTransState, get_state, starting_temperature
 from .targets import BANK_OF, AttentionTarget, TargetError, find_targets
 from .vcra_layer import VCRALinear
 
@@ -196,7 +196,7 @@ def prepare_model(model: nn.Module, method: MethodConfig) -> ParamReport:
     for p in model.parameters():
         p.requires_grad_(method.name == "full")
     ref = next(model.parameters())
-    state = UniTransState().to(device=ref.device)
+    state = UniTransState(starting_temperature(model.config)).to(device=ref.device)
     model.add_module(ATTR, state)
     state.temp.requires_grad_(task == "retrieval" and method.name != "frozen" and method.train_temperature)
 

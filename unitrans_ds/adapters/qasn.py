@@ -3,10 +3,14 @@
 For block i with input x_i: `h_{i+1} = h_i + Λb_i ⊙ (B · (Λa_i ⊙ (A · x_i)))` (h_0 = 0), and the block output
 becomes `b_i(x_i, x_V) + σ(α_i ⊙ h_{i+1} + β_i)`. With Λb = 0, α = 1, β = 0 and σ = tanh the stack is unchanged
 at init. The side network only runs when the block runs with cross-attention (the fusion branch); the unimodal
-text pass used for ITC is left alone.
+text pass used for ITC is left alone. Whether the block runs with cross-attention is read from its
+`encoder_hidden_states` argument, bound by name through the wrapped layer's signature (transformers versions
+order a BERT layer's positional arguments differently).
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +60,14 @@ class QASNLayer(nn.Module):
         self.qasn_beta = nn.Parameter(torch.zeros(width, **kw))
         object.__setattr__(self, "_bank", bank)
         object.__setattr__(self, "_side", side)
+        # The block's own signature names its arguments: transformers 4.x passes (hidden, attention_mask,
+        # head_mask, encoder_hidden_states, ...) positionally, 5.x (hidden, encoder_hidden_states, ...).
+        object.__setattr__(self, "_signature", inspect.signature(base_layer.forward))
+        if "encoder_hidden_states" not in self._signature.parameters:
+            raise TypeError(
+                f"{type(base_layer).__name__}.forward has no `encoder_hidden_states` argument; QASN wraps BERT "
+                "layers with cross-attention only"
+            )
 
     def __getattr__(self, name: str):
         # Reach the wrapped layer's submodules (`.attention`, `.crossattention`, ...) as peft's wrappers do.
@@ -75,9 +87,13 @@ class QASNLayer(nn.Module):
         A, B = self._bank.A[:, :d].to(x.dtype), self._bank.B[:d].to(x.dtype)
         return F.linear(F.linear(x, A) * self.qasn_a, B) * self.qasn_b
 
-    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None, *args, **kwargs):
-        out = self.base_layer(hidden_states, encoder_hidden_states, *args, **kwargs)
-        if encoder_hidden_states is None:
+    def encoder_states(self, *args, **kwargs) -> torch.Tensor | None:
+        """The `encoder_hidden_states` of a call to the wrapped block, bound by name through its signature."""
+        return self._signature.bind(*args, **kwargs).arguments.get("encoder_hidden_states")
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        out = self.base_layer(hidden_states, *args, **kwargs)
+        if self.encoder_states(hidden_states, *args, **kwargs) is None:
             return out
         prev = self._side.h if self.index > 0 and self._side.h is not None else 0
         h = prev + self.side_update(hidden_states)

@@ -14,8 +14,24 @@ from .bank import SharedBank
 ATTR = "unitrans"
 
 
+#: BLIP's initial ITC temperature; the start when the backbone does not carry a learned one (HF hub checkpoints).
+DEFAULT_TEMPERATURE = 0.07
+
+
+#: The BlipConfig attribute where the converter keeps an original checkpoint's learned `temp` (config.json).
+CONFIG_TEMPERATURE_KEY = "itc_temperature"
+
+
+def starting_temperature(config) -> float:
+    """The ITC temperature a prepared model starts from: the learned `temp` of an original BLIP/LAVIS checkpoint,
+    which `models.convert_blip` stores as `config.itc_temperature`, else BLIP's initial 0.07 (HF hub checkpoints
+    dropped `temp`). Clamped to BLIP's range [0.001, 0.5]."""
+    value = getattr(config, CONFIG_TEMPERATURE_KEY, None)
+    return min(max(float(value), 0.001), 0.5) if value is not None else DEFAULT_TEMPERATURE
+
+
 class UniTransState(nn.Module):
-    def __init__(self, temperature: float = 0.07):
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE):
         super().__init__()
         self.banks = nn.ModuleDict()
         self.scales = nn.ParameterDict()
@@ -32,8 +48,9 @@ class UniTransState(nn.Module):
             self.scales[modality] = nn.Parameter(torch.ones(1), requires_grad=learnable)
 
     def temperature(self) -> torch.Tensor:
-        """The ITC temperature clamped to [0.001, 0.5], as BLIP does."""
-        return self.temp.clamp(0.001, 0.5)
+        """The ITC temperature as it is: the trainer clamps it to [0.001, 0.5] in place after every optimizer step
+        (`engine.optim.clamp_temperature`), as BLIP does, so the forward never cuts its gradient."""
+        return self.temp
 
 
 def get_state(model: nn.Module) -> UniTransState:

@@ -15,7 +15,17 @@ from typing import Any
 
 import yaml
 
-from .schema import METHODS, PRECISIONS, QASN_ACTIVATIONS, TASKS, Config
+from .schema import (
+    EVAL_PRECISIONS,
+    ITM_SCORES,
+    METHODS,
+    PRECISIONS,
+    QASN_ACTIVATIONS,
+    TASKS,
+    VQA_EVALUATORS,
+    VQA_LOSSES,
+    Config,
+)
 
 
 class ConfigError(ValueError):
@@ -143,6 +153,14 @@ def validate(cfg: Config) -> list[str]:
         errs.append(f"`train.keep_last` must be >= 1, got {t.keep_last}")
     if cfg.eval.vqa_inference not in ("rank", "generate"):
         errs.append(f"`eval.vqa_inference` must be `rank` or `generate`, got {cfg.eval.vqa_inference!r}")
+    for key, value, allowed in (
+        ("eval.itm_score", cfg.eval.itm_score, ITM_SCORES),
+        ("eval.vqa_evaluator", cfg.eval.vqa_evaluator, VQA_EVALUATORS),
+        ("eval.precision", cfg.eval.precision, EVAL_PRECISIONS),
+        ("train.vqa_loss", t.vqa_loss, VQA_LOSSES),
+    ):
+        if value not in allowed:
+            errs.append(f"`{key}` must be one of {', '.join(allowed)}, got {value!r}")
     if cfg.data.num_frames < 1:
         errs.append(f"`data.num_frames` must be >= 1, got {cfg.data.num_frames}")
     if cfg.model.image_size % cfg.model.tiny.patch_size and cfg.model.init_from == "tiny":

@@ -12,6 +12,10 @@ METHODS = ("frozen", "full", "lora", "scaling-vectors", "vcra", "vcra+qasn", "vc
 TASKS = ("retrieval", "captioning", "vqa")
 QASN_ACTIVATIONS = ("tanh", "gelu", "silu", "identity", "sigmoid")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ITM_SCORES = ("logit", "prob")
+VQA_EVALUATORS = ("lavis-2017", "official-2021")
+VQA_LOSSES = ("blip", "soft-score")
+EVAL_PRECISIONS = ("fp32", "train")
 
 
 def _help(text: str, default=None, factory=None):
@@ -138,6 +142,12 @@ class OptimConfig:
     warmup_steps: int = _help("Linear warmup steps before the cosine decay.", 10)
     min_lr_ratio: float = _help("Cosine floor as a fraction of the peak lr.", 0.0)
     clip_grad: float = _help("Gradient-norm clipping; 0 disables.", 1.0)
+    temperature_lr: float = _help(
+        "Peak lr of the ITC temperature, its own parameter group (no weight decay, same warmup/cosine schedule). "
+        "BLIP fine-tunes `temp` with its backbone lr (init_lr 1e-5 for ViT-B COCO/Flickr retrieval), not at an "
+        "adapter's lr; after every step it is clamped to [0.001, 0.5] in place.",
+        1e-5,
+    )
 
 
 @dataclass
@@ -158,12 +168,23 @@ class TrainConfig:
     resume: str | None = _help("`auto` resumes from the latest checkpoint in output_dir; or a checkpoint folder.", None)
     log_every: int = _help("Log training metrics every N steps.", 5)
     zero_shot_eval: bool = _help("Evaluate before training, to report the before/after gain.", True)
+    vqa_loss: str = _help(
+        f"VQA answer loss, one of {', '.join(VQA_LOSSES)}. `blip` (BLIP's recipe): each unique answer weighted by "
+        "count / number of answers (weights sum to 1), decoder loss with label smoothing 0.1. `soft-score`: "
+        "weight min(1, count/3) (the VQA soft score), no label smoothing.",
+        "blip",
+    )
 
 
 @dataclass
 class EvalConfig:
     k_test: int = _help("Retrieval: ITC candidates per query re-scored by ITM (256 COCO, 128 Flickr).", 16)
     itm_beta: float = _help("Retrieval: final score = ITM + beta * ITC.", 1.0)
+    itm_score: str = _help(
+        f"Retrieval: the ITM term of the final score, one of {', '.join(ITM_SCORES)}. `logit` (BLIP/LAVIS): the raw "
+        "`itm_head(...)[:, 1]`; `prob`: softmax(itm_head(...))[:, 1].",
+        "logit",
+    )
     batch_size: int = _help("Evaluation batch size per rank.", 32)
     feature_chunk: int = _help("Retrieval: images whose token features are kept per chunk (half precision).", 256)
     num_beams: int = _help("Captioning: beams.", 3)
@@ -173,6 +194,19 @@ class EvalConfig:
     label_smoothing: float = _help("Captioning LM loss label smoothing.", 0.1)
     vqa_inference: str = _help("VQA inference: `rank` over the answer list or `generate`.", "rank")
     vqa_k_test: int = _help("VQA rank inference: candidates re-scored by full-answer likelihood.", 128)
+    vqa_evaluator: str = _help(
+        f"VQA accuracy, one of {', '.join(VQA_EVALUATORS)}. `lavis-2017`: the v2.0 release's vqaEval.py that LAVIS "
+        "runs (published BLIP numbers): the prediction is always normalized, the ground-truth answers get "
+        "punctuation processing only when they differ. `official-2021`: the 2021 GT-Vision-Lab update: both are "
+        "fully normalized, only when the answers differ.",
+        "lavis-2017",
+    )
+    precision: str = _help(
+        f"Weights evaluation runs on, one of {', '.join(EVAL_PRECISIONS)}, the same for every ZeRO stage. `fp32`: a "
+        "full-precision model (the training model itself when it trains in fp32, else a copy refreshed with the "
+        "trained tensors), as BLIP evaluates; `train`: the training precision (bf16/fp16 weights).",
+        "fp32",
+    )
 
 
 @dataclass

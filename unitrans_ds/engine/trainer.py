@@ -33,7 +33,8 @@ from ..tracking import build_tracker
 from .checkpoint import TrainState, latest_tag, load_checkpoint, save_checkpoint
 from .distributed import barrier, init_distributed, mean_over_ranks, sum_over_ranks
 from .ds_config import bf16_supported, resolve_ds_config
-from .optim import build_optimizer, build_scheduler
+from .eval_model import EvalModel
+from .optim import build_optimizer, build_scheduler, clamp_temperature, temperature_param
 from .versions import collect_versions, git_commit
 
 log = logging.getLogger("unitrans_ds.train")
@@ -122,9 +123,10 @@ class Trainer:
         )
         if self.stage == 3:
             zero3_register_external(self.task.model)
+        self.temperature = temperature_param(self.engine.module)  # clamped after every optimizer step
         self.tracker = build_tracker(cfg.tracking, self.rank, self.run_dir)
         self.state = TrainState()
-        self._eval_copy = None
+        self.eval_model = EvalModel(cfg, self.engine, self.stage, self.rank, self.world)
         self.skips = SkipTotals()
 
     # ------------------------------------------------------------------ set-up helpers
@@ -211,35 +213,9 @@ class Trainer:
         return {f"{split}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
     def eval_task(self, tensors: dict | None = None):
-        """The task to evaluate: the live one, or under ZeRO-3 a full copy on every rank.
-
-        ZeRO-3 gathers parameters in collectives at every module call, which evaluation cannot honour (ranks
-        score different numbers of candidates). So the copy is built once from the same base, and its trainable
-        tensors are refreshed from the engine at each evaluation. `tensors` (adapter names) overrides them.
-        """
-        if self.stage != 3 and tensors is None:
-            return self.task
-        if self.stage != 3:
-            target = self.task
-        else:
-            if self._eval_copy is None:
-                bb = load_backbone(self.cfg.model, self.cfg.task, seed=self.cfg.train.seed)
-                prepare_model(bb.model, self.cfg.method)
-                self._eval_copy = build_task(self.cfg, bb.model, bb.tokenizer, self.rank, self.world).to(
-                    self.task.device
-                )
-            target = self._eval_copy
-            with _gathered(self.engine, self.stage), torch.no_grad():
-                live = dict(self.engine.module.named_parameters())
-                for n, p in target.named_parameters():
-                    if p.requires_grad:
-                        p.copy_(live[n].detach().to(p.dtype))
-        if tensors is not None:
-            params = dict(target.named_parameters())
-            with torch.no_grad():
-                for k, v in tensors.items():
-                    params["model." + k].copy_(v.to(params["model." + k].dtype))
-        return target
+        """The task to evaluate, in `eval.precision` whatever the ZeRO stage (`engine.eval_model`): the live one,
+        or a copy refreshed with the trained tensors. `tensors` (adapter names) overrides them."""
+        return self.eval_model.task(tensors)
 
     def _best_key(self) -> str:
         metric = self.cfg.train.best_metric
@@ -301,6 +277,8 @@ class Trainer:
                     )
                 self.engine.backward(losses["loss"])
                 self.engine.step()
+                if self.temperature is not None:  # BLIP's range, after the step (a no-op between boundaries)
+                    clamp_temperature(self.temperature, self.engine.optimizer)
                 b = self.task.samples_in(batch)
                 self.state.micro_step += 1
                 self.state.step_in_epoch += 1
@@ -383,7 +361,7 @@ class Trainer:
             return self.evaluate("test")
         from safetensors.torch import load_file
 
-        if self.stage == 3:  # the evaluation copy takes the best tensors; the engine is not touched
+        if self.eval_model.uses_copy:  # the evaluation copy takes the best tensors; the engine is not touched
             return self.evaluate("test", task=self.eval_task(load_file(str(best))))
         current = {k: v.clone() for k, v in trainable_state_dict(self.task).items()}
         try:

@@ -17,9 +17,10 @@ rank's eval loader. Steps:
    for the text queries, the candidates that are its images. A pair picked in both directions is scored once,
    in per-image batches whose content does not depend on the number of ranks. The token features are never
    gathered: a rank keeps only its own images' tokens (1/world of the split), not the whole split as BLIP does.
-5. The ITM "match" probabilities (softmax(logits)[:, 1], as BLIP's `itm_head(...)[:, 1]`) are gathered; rank 0
-   fills the final matrices (ITM + `eval.itm_beta` * ITC for the top-k, -inf elsewhere), computes the metrics,
-   writes the per-query rankings, and shares the metrics with every rank.
+5. The ITM scores are gathered: by default (`eval.itm_score: logit`) the raw "match" logit `itm_head(...)[:, 1]`,
+   as BLIP's and LAVIS's evaluators add it; `prob` takes softmax(logits)[:, 1] instead. Rank 0 fills the final
+   matrices (ITM + `eval.itm_beta` * ITC for the top-k, -inf elsewhere), computes the metrics, writes the
+   per-query rankings, and shares the metrics with every rank.
 
 The token store is the memory peak: `n images x L tokens x D x 2 bytes` per rank, printed before the encoding.
 All arithmetic on stored tokens happens in the model's dtype after the per-batch conversion (fp32 on CPU, where
@@ -255,17 +256,27 @@ def candidate_pairs(
     return torch.unique(torch.cat([i2t.flatten(), t2i.flatten()]))
 
 
-def itm_match_prob(
-    task: RetrievalTask, store: TokenStore, store_rows: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor
+def itm_match_score(
+    task: RetrievalTask,
+    store: TokenStore,
+    store_rows: torch.Tensor,
+    text_ids: torch.Tensor,
+    text_mask: torch.Tensor,
+    score: str = "logit",
 ) -> torch.Tensor:
-    """ITM "match" probability softmax(itm_head)[:, 1] for pairs (store row, text), fp32 on CPU: [P].
+    """ITM "match" score of pairs (store row, text), fp32 on CPU: [P]. `score`: `logit` = itm_head(...)[:, 1]
+    (BLIP/LAVIS), `prob` = softmax(itm_head(...))[:, 1].
 
     A batched pair scorer over the token store: `RetrievalTask.itm_logits` takes image tokens already expanded
     per pair, which for a whole split would not fit in memory.
     """
     tokens = store.take(store_rows, task.device, task.dtype)
-    logits = task.itm_logits(tokens, text_ids.to(task.device), text_mask.to(task.device))
-    return logits.float().softmax(dim=-1)[:, 1].cpu()
+    logits = task.itm_logits(tokens, text_ids.to(task.device), text_mask.to(task.device)).float()
+    if score == "prob":
+        return logits.softmax(dim=-1)[:, 1].cpu()
+    if score == "logit":
+        return logits[:, 1].cpu()
+    raise ValueError(f"eval.itm_score must be `logit` or `prob`, got {score!r}")
 
 
 def score_pairs(
@@ -277,7 +288,8 @@ def score_pairs(
     text_mask: torch.Tensor,
     rank: int,
 ) -> torch.Tensor:
-    """ITM probabilities of the sorted pair `codes` (step 4), image by image in chunks of max(k_test, batch)."""
+    """ITM scores (`eval.itm_score`) of the sorted pair `codes` (step 4), image by image in chunks of
+    max(k_test, batch)."""
     n_unique = len(index.unique_texts)
     per_forward = max(task.cfg.eval.k_test, task.cfg.eval.batch_size)
     out = torch.empty(len(codes), dtype=torch.float32)
@@ -290,7 +302,7 @@ def score_pairs(
             e = min(s + per_forward, start + n)
             txt = codes[s:e] % n_unique
             rows = index.local_row[img].repeat(e - s)
-            out[s:e] = itm_match_prob(task, store, rows, text_ids[txt], text_mask[txt])
+            out[s:e] = itm_match_score(task, store, rows, text_ids[txt], text_mask[txt], task.cfg.eval.itm_score)
         start += n
     return out
 
@@ -356,18 +368,18 @@ def evaluate_retrieval(
         topk_i2t = sims.topk(min(e.k_test, n_txt), dim=1).indices
         topk_t2i = sims.t().topk(min(e.k_test, n_img), dim=1).indices
         codes = candidate_pairs(topk_i2t, topk_t2i, index.owner == rank, index.canon)
-        probs = score_pairs(task, local.store, index, codes, text_ids.cpu(), text_mask.cpu(), rank)
+        itm = score_pairs(task, local.store, index, codes, text_ids.cpu(), text_mask.cpu(), rank)
 
     all_codes = all_gather_rows(codes.to(device), world_size).cpu()
-    all_probs = all_gather_rows(probs.to(device), world_size).cpu()
+    all_itm = all_gather_rows(itm.to(device), world_size).cpu()
     n_unique = len(index.unique_texts)
 
     def finish() -> dict[str, float]:
         order = torch.argsort(all_codes)
-        codes_sorted, probs_sorted = all_codes[order], all_probs[order]
+        codes_sorted, itm_sorted = all_codes[order], all_itm[order]
 
         def itm_of(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-            return probs_sorted[torch.searchsorted(codes_sorted, img * n_unique + index.canon[txt])]
+            return itm_sorted[torch.searchsorted(codes_sorted, img * n_unique + index.canon[txt])]
 
         s_i2t = _final_scores(topk_i2t, sims, itm_of, e.itm_beta, (n_img, n_txt))
         s_t2i = _final_scores(topk_t2i, sims.t(), lambda t, i: itm_of(i, t), e.itm_beta, (n_txt, n_img))

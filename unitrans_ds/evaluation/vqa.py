@@ -4,7 +4,8 @@ Called by `evaluation.runner.evaluate` on every rank. Each rank answers the ques
 `rank` inference (`VQATask.rank_answers`: the `eval.vqa_k_test` answers of the answer list with the highest
 first-token probability, re-scored by full likelihood) or `generate` (`eval.vqa_inference`). Results are gathered
 and rank 0 writes `vqa_results.json` (`[{"question_id", "answer"}]`, the official server's format) and scores:
-image VQA with the official accuracy (`vqa_accuracy`, overall and per answer type), video QA (`cfg.video`,
+image VQA with the official accuracy (`vqa_accuracy`, overall and per answer type; the evaluator release
+`eval.vqa_evaluator`, printed when it runs), video QA (`cfg.video`,
 MSRVTT-QA) with exact match (`exact_match_accuracy`) against each question's most frequent answer.
 
 The answer list for `rank` inference comes from `data.answer_list` (a JSON list of strings) or, when that is
@@ -126,8 +127,11 @@ def _metric_key(answer_type: str) -> str:
     return "acc_" + re.sub(r"[^0-9A-Za-z]+", "_", answer_type).strip("_")
 
 
-def score_and_write(records: list[dict[str, Any]], out_dir: Path, split: str, video: bool) -> dict[str, float]:
-    """Rank 0: write the results file, then score the questions that have answers. Numeric metrics only."""
+def score_and_write(
+    records: list[dict[str, Any]], out_dir: Path, split: str, video: bool, evaluator: str = "lavis-2017"
+) -> dict[str, float]:
+    """Rank 0: write the results file, then score the questions that have answers (image VQA with the
+    `evaluator` release of the official accuracy, `eval.vqa_evaluator`). Numeric metrics only."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = write_vqa_results(
         out_dir / RESULTS_FILE, [{"question_id": r["question_id"], "answer": r["answer"]} for r in records]
@@ -152,7 +156,9 @@ def score_and_write(records: list[dict[str, Any]], out_dir: Path, split: str, vi
         metrics = {"accuracy": acc["overall"], "overall": acc["overall"]}
     else:
         gt = {r["question_id"]: {"answers": r["answers"], "answer_type": r["answer_type"]} for r in scored}
-        acc = vqa_accuracy(preds, gt)
+        # Which release scored it goes into the log (and the run's params); the two differ (metrics/vqa.py).
+        print(f"[unitrans_ds] VQA accuracy of {split}: the {evaluator} evaluator (eval.vqa_evaluator)", flush=True)
+        acc = vqa_accuracy(preds, gt, evaluator)
         metrics = {
             "accuracy": acc["overall"],
             "overall": acc["overall"],
@@ -196,4 +202,8 @@ def evaluate_vqa(
         raise ValueError(f"question_id {dup!r} was answered twice; question ids must be unique within a split")
     records.sort(key=lambda r: str(r["question_id"]))
     split = str(loader.manifest.folder)
-    return on_rank0(lambda: score_and_write(records, Path(out_dir), split, task.cfg.video), rank, world_size)
+    return on_rank0(
+        lambda: score_and_write(records, Path(out_dir), split, task.cfg.video, task.cfg.eval.vqa_evaluator),
+        rank,
+        world_size,
+    )

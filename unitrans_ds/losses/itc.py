@@ -9,12 +9,23 @@ from torch import nn
 from .gather import gather
 
 
+def fp32_logits(rows: torch.Tensor, cols: torch.Tensor, temp: torch.Tensor | float) -> torch.Tensor:
+    """`rows @ cols.T / temp` in fp32, also under a bf16/fp16 autocast.
+
+    With logits of order 1/temp (up to 1000) a half-precision matmul and log_softmax lose about 0.7% of the ITC
+    loss; the features stay in the model's dtype until here, and the cast is cheap next to the encoders.
+    """
+    with torch.autocast(device_type=rows.device.type, enabled=False):
+        temp = temp.float() if isinstance(temp, torch.Tensor) else temp
+        return rows.float() @ cols.float().t() / temp
+
+
 class ITCLoss(nn.Module):
     """Told its rank and world size; gathers features from every rank with gradients for the local part.
 
     Captions of the same image are positives: targets are the normalised `image_ids` equality matrix.
     The loss of a rank is the mean over its local rows; averaged over ranks it equals the loss of one rank that
-    holds the whole batch.
+    holds the whole batch. Logits and softmax are fp32 whatever the autocast dtype.
     """
 
     def __init__(self, rank: int = 0, world_size: int = 1):
@@ -26,18 +37,20 @@ class ITCLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """`image_feat`, `text_feat`: [B, D] L2-normalised; `image_ids`: [B] int64; `temp`: scalar.
 
-        Returns `loss_itc` and the local-vs-global similarity logits `sim_i2t`, `sim_t2i` ([B, world*B]) and the
-        gathered `image_ids_all`, which ITM and MCAM reuse.
+        Returns `loss_itc` (fp32), the local-vs-global similarity logits `sim_i2t`, `sim_t2i` ([B, world*B],
+        fp32), the gathered `image_ids_all`, and the gathered features `image_feat_all`, `text_feat_all`
+        ([world*B, D], gradients through the local rows), which ITM and MCAM reuse: one gather per step.
         """
         image_all = gather(image_feat, self.world_size)
         text_all = gather(text_feat, self.world_size)
         ids_all = gather(image_ids.view(-1, 1), self.world_size, with_grad=False).view(-1)
-        sim_i2t = image_feat @ text_all.t() / temp
-        sim_t2i = text_feat @ image_all.t() / temp
+        sim_i2t = fp32_logits(image_feat, text_all, temp)
+        sim_t2i = fp32_logits(text_feat, image_all, temp)
         pos = (image_ids.view(-1, 1) == ids_all.view(1, -1)).float()
         targets = pos / pos.sum(1, keepdim=True)
-        loss_i2t = -(F.log_softmax(sim_i2t, dim=1) * targets).sum(1).mean()
-        loss_t2i = -(F.log_softmax(sim_t2i, dim=1) * targets).sum(1).mean()
+        with torch.autocast(device_type=sim_i2t.device.type, enabled=False):
+            loss_i2t = -(F.log_softmax(sim_i2t, dim=1) * targets).sum(1).mean()
+            loss_t2i = -(F.log_softmax(sim_t2i, dim=1) * targets).sum(1).mean()
         return {
             "loss_itc": (loss_i2t + loss_t2i) / 2,
             "sim_i2t": sim_i2t,

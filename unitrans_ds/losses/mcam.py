@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gather import gather
+from .itc import fp32_logits
 
 
 def js_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -26,8 +26,9 @@ def js_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 class MCAMLoss(nn.Module):
     """`L_ITR = mean_i JS(P_i ‖ Q_i)` with P_i = softmax(S[i, :]/τ), Q_i = softmax(S[:, i]/τ), S = I·Tᵀ.
 
-    The paper writes a sum over pairs; we take the mean, as BLIP's ITC does. S is computed against features
-    gathered from every rank (gradients through the local part); each rank scores its local pairs.
+    The paper writes a sum over pairs; we take the mean, as BLIP's ITC does. S is computed against the features
+    ITC gathered from every rank (gradients through the local part), so a step gathers once; each rank scores its
+    local pairs. MCAM runs no collective of its own.
     """
 
     def __init__(self, rank: int = 0, world_size: int = 1, tau: float | None = None):
@@ -35,18 +36,30 @@ class MCAMLoss(nn.Module):
         self.rank, self.world_size, self.tau = rank, world_size, tau
 
     def forward(
-        self, image_feat: torch.Tensor, text_feat: torch.Tensor, itc_temp: torch.Tensor | None = None
+        self,
+        image_feat: torch.Tensor,
+        text_feat: torch.Tensor,
+        image_all: torch.Tensor | None = None,
+        text_all: torch.Tensor | None = None,
+        itc_temp: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`image_feat`, `text_feat`: [B, D] normalised embeddings of B pairs (pair i = image i, text i)."""
+        """`image_feat`, `text_feat`: [B, D] normalised embeddings of B pairs (pair i = image i, text i).
+
+        `image_all`, `text_all`: [world*B, D] the same features of every rank, in rank order, as `ITCLoss`
+        returns them (`image_feat_all`, `text_feat_all`); with one rank they default to the local features.
+        """
         if self.tau is not None:
             tau = self.tau
         elif itc_temp is not None:
             tau = itc_temp.detach()
         else:
             raise ValueError("MCAMLoss needs a fixed tau or the ITC temperature")
-        text_all = gather(text_feat, self.world_size)
-        image_all = gather(image_feat, self.world_size)
+        if image_all is None or text_all is None:
+            if self.world_size > 1:
+                raise ValueError("MCAMLoss on several ranks needs the gathered features ITC returns")
+            image_all, text_all = image_feat, text_feat
         # Row i of S (image i against all texts) and column i of S (text i against all images), in fp32.
-        log_p = F.log_softmax((image_feat @ text_all.t()).float() / tau, dim=1)
-        log_q = F.log_softmax((text_feat @ image_all.t()).float() / tau, dim=1)
-        return js_divergence(log_p, log_q).mean()
+        log_p = F.log_softmax(fp32_logits(image_feat, text_all, tau), dim=1)
+        log_q = F.log_softmax(fp32_logits(text_feat, image_all, tau), dim=1)
+        with torch.autocast(device_type=log_p.device.type, enabled=False):
+            return js_divergence(log_p, log_q).mean()

@@ -6,10 +6,21 @@ whose results go to the official EvalAI server.
 
 Official accuracy of one question with ten human answers: for each of the ten leave-one-out subsets of nine,
 acc = min(1, (#answers in the subset equal to the prediction) / 3); the question scores the mean of the ten.
-Answers are compared after the official normalization (`vqa_normalize`), with the official code's quirk kept:
-when the ten raw answers (whitespace-stripped) are all the same string, neither they nor the prediction are
-normalized, so "Orange" scores 0 against ten "orange" while it would score 100 against nine "orange" and one
-"red". BLIP's answers come out lowercase and clean, so this rarely matters, but the numbers match the server's.
+Answers are compared after the official normalization (`vqa_normalize`). Two releases of the official
+`vqaEval.py` differ in what they normalize, and both are here (`eval.vqa_evaluator`):
+
+- `lavis-2017` (default): the v2.0 release (2017) that LAVIS ships as `lavis/common/vqa_tools/vqa_eval.py` and
+  that produced the published BLIP/UniAdapter numbers. The prediction is always fully normalized (whitespace,
+  punctuation, then digits/articles/contractions); the ground-truth answers are taken raw, and get punctuation
+  processing only, only when they are not all the same string.
+- `official-2021`: the 2021 GT-Vision-Lab update. The ground-truth answers are whitespace-cleaned; then, only
+  when they are not all the same string, both they and the prediction are fully normalized.
+
+Where they disagree, on real VQA v2 records (tests/test_metrics_vqa.py): ten "orange" answers (train question
+458752002) and the prediction "Orange" score 100 with `lavis-2017` (the prediction is normalized to "orange") and
+0 with `official-2021` (the answers are identical, so nothing is normalized). Ground truths holding number words
+or articles ("two", "a dog") match a prediction "2" / "dog" only under `official-2021`, which also normalizes
+the answers.
 """
 
 from __future__ import annotations
@@ -77,13 +88,26 @@ def _missing_gt_error(missing: list[Any], ground_truth: Mapping[Any, Any]) -> Va
     )
 
 
-def question_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """Official accuracy of one prediction against its human answers, in [0, 1] (see the module docstring)."""
-    gts = [clean_whitespace(a) for a in answers]
-    res = clean_whitespace(prediction)
-    if len(set(gts)) > 1:
-        gts = [process_digit_article(process_punctuation(a)) for a in gts]
-        res = process_digit_article(process_punctuation(res))
+#: `eval.vqa_evaluator` values: the official evaluator releases this module reproduces (module docstring).
+VQA_EVALUATORS = ("lavis-2017", "official-2021")
+
+
+def question_accuracy(prediction: str, answers: Sequence[str], evaluator: str = "lavis-2017") -> float:
+    """Official accuracy of one prediction against its human answers, in [0, 1], as the `evaluator` release
+    computes it (`lavis-2017` or `official-2021`, see the module docstring)."""
+    if evaluator == "lavis-2017":
+        res = process_digit_article(process_punctuation(clean_whitespace(prediction)))
+        gts = list(answers)
+        if len(set(gts)) > 1:
+            gts = [process_punctuation(a) for a in gts]
+    elif evaluator == "official-2021":
+        gts = [clean_whitespace(a) for a in answers]
+        res = clean_whitespace(prediction)
+        if len(set(gts)) > 1:
+            gts = [process_digit_article(process_punctuation(a)) for a in gts]
+            res = process_digit_article(process_punctuation(res))
+    else:
+        raise ValueError(f"eval.vqa_evaluator must be one of {', '.join(VQA_EVALUATORS)}, got {evaluator!r}")
     matches = sum(a == res for a in gts)
     # Leaving answer j out removes one match exactly when answer j itself matches.
     return sum(min(1.0, (matches - (a == res)) / 3.0) for a in gts) / len(gts)
@@ -93,8 +117,11 @@ def _mean_pct(values: list[float]) -> float:
     return 100.0 * sum(values) / len(values)
 
 
-def vqa_accuracy(predictions: PredictionsLike, ground_truth: Mapping[Any, Mapping[str, Any]]) -> dict[str, Any]:
-    """Official VQA accuracy of `predictions` against `ground_truth`, in percent (not rounded).
+def vqa_accuracy(
+    predictions: PredictionsLike, ground_truth: Mapping[Any, Mapping[str, Any]], evaluator: str = "lavis-2017"
+) -> dict[str, Any]:
+    """Official VQA accuracy of `predictions` against `ground_truth`, in percent (not rounded), as the
+    `evaluator` release computes it (`lavis-2017`, the default, or `official-2021`).
 
     predictions: {question_id: answer} or [{"question_id", "answer"}]. ground_truth: {question_id: {"answers":
     [10 str] (or official answer records), "answer_type": str | None, optional "question_type"}}. Every
@@ -119,7 +146,7 @@ def vqa_accuracy(predictions: PredictionsLike, ground_truth: Mapping[Any, Mappin
         answers = _answer_strings(qid, entry)
         if not answers:
             raise ValueError(f"Question {qid!r} has an empty answer list in the ground truth. {_NO_GT_HINT}")
-        acc = question_accuracy(answer, answers)
+        acc = question_accuracy(answer, answers, evaluator)
         per_question[qid] = 100.0 * acc
         if entry.get("answer_type") is not None:
             by_answer_type[entry["answer_type"]].append(acc)

@@ -277,6 +277,8 @@ def build_from_original(
         logger.warning("no tokenizer for %s; using BLIP's bert-base-uncased ids (pad 0, [DEC] 30522, [SEP] 102)", path)
         tok, ids = None, (0, 30522, 102)
     config = blip_config_from_state_dict(every_part, pad_token_id=ids[0], bos_token_id=ids[1], sep_token_id=ids[2])
+    if conv.temperature is not None:  # BLIP's learned ITC temperature: the start of ours (adapters.state)
+        config.itc_temperature = conv.temperature
     model = cls(config)
     try:
         result = model.load_state_dict(sd, strict=False)

@@ -5,7 +5,9 @@ LAVIS keeps the same names) differs from HF's only in the ViT: HF renamed timm's
 (`text_encoder.*`, `text_decoder.bert.*`, `text_decoder.cls.*`) and the heads keep their names. Both ViTs fuse q, k, v
 into one `qkv` Linear with the same (3, heads, head_dim) row order, so every tensor is copied unchanged; only names
 move. Keys the HF class has no slot for (momentum encoders `*_m`, the ITC queues, `temp`, the non-persistent
-`position_ids` buffer, poolers, an MLM head) are dropped and reported.
+`position_ids` buffer, poolers, an MLM head) are dropped and reported. BLIP's learned ITC temperature `temp` has no
+slot in HF's classes either; it is kept in the config as `itc_temperature` (saved in config.json), where
+`adapters.prepare_model` takes it as the starting temperature.
 
 Command line (who calls it: a user preparing a backbone once, then pointing `model.init_from` at the folder):
     python -m unitrans_ds.models.convert_blip --checkpoint model_base_retrieval_coco.pth --task retrieval --out DIR
@@ -88,6 +90,7 @@ class Conversion:
     state_dict: dict[str, torch.Tensor]
     dropped: list[str] = field(default_factory=list)
     other_tasks: dict[str, torch.Tensor] = field(default_factory=dict)
+    temperature: float | None = None  # BLIP's learned ITC `temp`, when the checkpoint has one
 
 
 def hf_key(original: str) -> str | None:
@@ -121,9 +124,12 @@ def convert_with_report(sd: dict[str, torch.Tensor], task: str, progress: bool =
     out: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
     other: dict[str, torch.Tensor] = {}
+    temperature = None
     for key in tqdm(sd, desc="converting keys", unit="key", disable=not progress):
         name = key[len("module.") :] if key.startswith("module.") else key
         new = hf_key(name)
+        if name == "temp" and sd[key].numel() == 1:
+            temperature = float(sd[key].float())
         if new is None or not new.startswith(parts):
             dropped.append(key)
             if new is not None:
@@ -132,7 +138,7 @@ def convert_with_report(sd: dict[str, torch.Tensor], task: str, progress: bool =
         if new in out:
             raise ModelLoadError(f"checkpoint key {key!r} maps to {new!r}, which another key already filled")
         out[new] = sd[key]
-    return Conversion(out, dropped, other)
+    return Conversion(out, dropped, other, temperature)
 
 
 def convert_blip_state_dict(sd: dict[str, torch.Tensor], task: str) -> dict[str, torch.Tensor]:

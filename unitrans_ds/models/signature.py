@@ -16,6 +16,7 @@ _VOLATILE = {
     "dtype",
     "_commit_hash",
     "architectures",
+    "itc_temperature",  # a starting value of a trained parameter (models.convert_blip), not a size
 }
 
 

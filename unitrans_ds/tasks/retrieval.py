@@ -57,7 +57,9 @@ class RetrievalTask(Task):
         itc = self.itc(image_feat, text_feat, image_ids, temp)
         losses = {"loss_itc": itc["loss_itc"]}
         if self.mcam is not None:
-            losses["loss_mcam"] = self.mcam(image_feat, text_feat, itc_temp=temp)
+            losses["loss_mcam"] = self.mcam(
+                image_feat, text_feat, itc["image_feat_all"], itc["text_feat_all"], itc_temp=temp
+            )
 
         # ITM: each image with a hard negative text, each text with a hard negative image, from the global batch.
         neg = self.itm.select_negatives(

@@ -1,4 +1,10 @@
-"""VQA (image and video): answer LM loss weighted by the VQA soft score; rank and generate inference."""
+"""VQA (image and video): weighted answer LM loss (`train.vqa_loss`); rank and generate inference.
+
+`blip` (default, BLIP's `blip_vqa.py` + `vqa_dataset.py`): each unique answer of a question is weighted by its
+count / the number of answers (the weights of a question sum to 1), and the decoder's token loss uses label
+smoothing 0.1 (BLIP's `med.py`). `soft-score`: weight min(1, count/3), the VQA soft score, without smoothing.
+Either way the per-answer loss is summed over its tokens and the weighted sum is divided by the questions.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,23 @@ import torch
 
 from .base import Task
 
+#: `train.vqa_loss` -> label smoothing of the answer decoder's token loss.
+LABEL_SMOOTHING = {"blip": 0.1, "soft-score": 0.0}
 
-def answer_weights(answers: list[str]) -> tuple[list[str], list[float]]:
-    """Unique answers of one question with their VQA soft score min(1, count/3) (SPEC section 5)."""
+
+def answer_weights(answers: list[str], scheme: str = "blip") -> tuple[list[str], list[float]]:
+    """Unique (non-empty) answers of one question, most frequent first, with their loss weights.
+
+    `blip`: count / number of answers, summing to 1; `soft-score`: min(1, count/3) (SPEC section 5).
+    """
     counts = Counter(a for a in answers if a)
     uniq = sorted(counts, key=lambda a: (-counts[a], a))
-    return uniq, [min(1.0, counts[a] / 3.0) for a in uniq]
+    if scheme == "blip":
+        total = sum(counts.values())
+        return uniq, [counts[a] / total for a in uniq]
+    if scheme == "soft-score":
+        return uniq, [min(1.0, counts[a] / 3.0) for a in uniq]
+    raise ValueError(f"train.vqa_loss must be `blip` or `soft-score`, got {scheme!r}")
 
 
 class VQATask(Task):
@@ -33,8 +50,11 @@ class VQATask(Task):
         )
         return out.last_hidden_state, mask
 
-    def answer_nll(self, states: torch.Tensor, states_mask: torch.Tensor, answers: list[str]) -> torch.Tensor:
-        """Summed negative log-likelihood of each answer given its question states: [N]."""
+    def answer_nll(
+        self, states: torch.Tensor, states_mask: torch.Tensor, answers: list[str], label_smoothing: float = 0.0
+    ) -> torch.Tensor:
+        """Summed negative log-likelihood of each answer given its question states: [N] (with `label_smoothing`,
+        the smoothed token cross-entropy, summed the same way)."""
         ids, mask = self.tokenize(answers, max_length=self.max_answer_tokens, first_token=self.bos_id)
         labels = ids.masked_fill(ids == self.pad_id, -100)
         logits = self.model.text_decoder(
@@ -45,7 +65,11 @@ class VQATask(Task):
             return_logits=True,
         )
         nll = torch.nn.functional.cross_entropy(
-            logits.float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="none"
+            logits.float().flatten(0, 1),
+            labels[:, 1:].flatten(),
+            ignore_index=-100,
+            reduction="none",
+            label_smoothing=label_smoothing,
         )
         return nll.view(len(answers), -1).sum(1)
 
@@ -53,14 +77,14 @@ class VQATask(Task):
         states, smask = self.encode_questions(batch["pixel_values"], batch["question"])
         flat, weights, owner = [], [], []
         for i, answers in enumerate(batch["answers"]):
-            uniq, w = answer_weights(answers)
+            uniq, w = answer_weights(answers, self.cfg.train.vqa_loss)
             flat += uniq
             weights += w
             owner += [i] * len(uniq)
         if not flat:
             raise ValueError("a VQA training batch has no answers; check that the training shards carry answers")
         owner_t = torch.tensor(owner, device=self.device)
-        nll = self.answer_nll(states[owner_t], smask[owner_t], flat)
+        nll = self.answer_nll(states[owner_t], smask[owner_t], flat, LABEL_SMOOTHING[self.cfg.train.vqa_loss])
         loss = (torch.tensor(weights, device=self.device) * nll).sum() / len(batch["answers"])
         return {"loss": loss, "loss_vqa": loss.detach()}
 

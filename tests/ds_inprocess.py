@@ -1,0 +1,37 @@
+"""A real one-rank gloo group with DeepSpeed initialised in the test process, for tests that build DeepSpeed
+engines in-process (several ZeRO stages in one test, bf16 on CPU). Import the fixture into a test module."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ds_world_of_one():
+    import torch.distributed as dist
+
+    saved = {k: os.environ.get(k) for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    os.environ.update(LOCAL_RANK="0", RANK="0", WORLD_SIZE="1")  # deepspeed.initialize asks for them
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    yield
+    if created:
+        dist.destroy_process_group()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
