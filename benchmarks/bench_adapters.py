@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +33,7 @@ from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402  (the script's folder is put on the path first)
     Timings,
+    add_json_arg,
     add_machine_args,
     blip_base_config,
     build_blip_base,
@@ -43,6 +43,7 @@ from common import (  # noqa: E402  (the script's folder is put on the path firs
     mib,
     ratio,
     retrieval_batch,
+    write_results,
 )
 
 from unitrans_ds.adapters import merge_adapters, parameter_report, prepare_model, save_adapter  # noqa: E402
@@ -77,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_machine_args(p)
     p.add_argument("--skip-training", action="store_true", help="Skip part 1 (training overhead).")
     p.add_argument("--skip-inference", action="store_true", help="Skip part 2 (merged inference).")
-    p.add_argument("--json", type=Path, default=None, help="Also write every number to this JSON file.")
+    add_json_arg(p, __file__)
     args = p.parse_args(argv)
     if args.batch < 2:
         p.error("--batch must be at least 2: ITM needs another pair of the batch as its hard negative")
@@ -252,9 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
             note = "goal 1.00 within noise" if k == "vcra merged" else "QASN side network remains"
             print(f"{k} / base: wall {rw}, cpu {rc}   ({note})")
 
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"\nwrote {args.json}")
+    write_results(args.json, result)
     return result
 
 
