@@ -24,8 +24,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from common import add_json_arg, machine_line, write_results  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from transformers import BlipConfig, BlipForImageTextRetrieval  # noqa: E402
 
@@ -47,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per variant in the merged/unmerged test")
     p.add_argument("--timing-images", type=int, default=1, help="images per ViT forward in the merged/unmerged test")
     p.add_argument("--timing-pairs", type=int, default=4, help="pairs per ITM forward in the merged/unmerged test")
+    add_json_arg(p, __file__)
     return p.parse_args(argv)
 
 
@@ -72,7 +75,7 @@ def build(method: str, args: argparse.Namespace, shards: Path):
     return build_task(cfg, model, demo_tokenizer()), cfg
 
 
-def bench_retrieval(args: argparse.Namespace, shards: Path, out: Path) -> None:
+def bench_retrieval(args: argparse.Namespace, shards: Path, out: Path) -> dict:
     task, cfg = build("unitrans", args, shards)
     loader = eval_loader(cfg, shards, 0, 1)
     start, cpu = time.perf_counter(), time.process_time()
@@ -88,10 +91,19 @@ def bench_retrieval(args: argparse.Namespace, shards: Path, out: Path) -> None:
     )
     vc = task.model.config.vision_config
     tokens = (args.image_size // vc.patch_size) ** 2 + 1
-    print(f"[retrieval] at COCO 5k test scale: {token_store_estimate(5000, tokens, vc.hidden_size)} (one rank)")
+    estimate = token_store_estimate(5000, tokens, vc.hidden_size)
+    print(f"[retrieval] at COCO 5k test scale: {estimate} (one rank)")
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "queries_per_s": queries / wall,
+        "itm_pairs_per_s": pairs / wall,
+        "metrics": metrics,
+        "coco5k_token_store": str(estimate),
+    }
 
 
-def bench_merge(args: argparse.Namespace, shards: Path) -> None:
+def bench_merge(args: argparse.Namespace, shards: Path) -> dict:
     frozen, _ = build("frozen", args, shards)
     adapted, _ = build("unitrans", args, shards)
     g = torch.Generator().manual_seed(2)
@@ -131,6 +143,10 @@ def bench_merge(args: argparse.Namespace, shards: Path) -> None:
         vit, itm = med[k][0] / med["frozen"][0], med[k][1] / med["frozen"][1]
         total = sum(med[k]) / sum(med["frozen"])
         print(f"[merge] {k} / frozen: ViT {vit:.3f}, ITM {itm:.3f}, both {total:.3f} (ITM includes QASN, kept)")
+    return {
+        "cpu_s_vit_itm": times,
+        "ratio_vs_frozen": {k: sum(med[k]) / sum(med["frozen"]) for k in ("merged", "unmerged")},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
              "--shard-size", str(args.images), "--image-size", str(args.image_size), "--workers", "1",
              "--out", str(shards), "--no-progress"]
         )  # fmt: skip
-        bench_retrieval(args, shards, Path(tmp) / "out")
-        bench_merge(args, shards)
+        result = {"machine": machine_line(), "args": {k: str(v) for k, v in vars(args).items()}}
+        result["retrieval"] = bench_retrieval(args, shards, Path(tmp) / "out")
+        result["merge"] = bench_merge(args, shards)
+    write_results(args.json, result)
     return 0
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
+from common import add_json_arg, machine_line, write_results  # (run as a script: its folder is on the path)
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -182,6 +183,7 @@ def main() -> None:
     ap.add_argument("--per-shard", type=int, default=50, help="Images per shard.")
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Folder of photos to cut images from.")
     ap.add_argument("--seed", type=int, default=0, help="Seed for image making and loader randomness.")
+    add_json_arg(ap, __file__)
     args = ap.parse_args()
     torch.set_num_threads(1)  # one core per worker, like a real DataLoader worker
 
@@ -226,6 +228,15 @@ def main() -> None:
             f"{1000 / (main_ms + work_ms):>11.1f}"
         )
     print("CPU columns: CPU time per image in this process and in the workers; img/core-s = 1000 / their sum.")
+    result = {"machine": machine_line(), "args": {k: str(v) for k, v in vars(args).items()}, "loaders": {}}
+    for name, rate, main_ms, work_ms in rows:
+        result["loaders"][name] = {
+            "images_per_s_wall": rate,
+            "main_cpu_ms_per_image": main_ms,
+            "worker_cpu_ms_per_image": work_ms,
+            "images_per_core_s": 1000 / (main_ms + work_ms),
+        }
+    write_results(args.json, result)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import add_json_arg, machine_line, write_results  # (run as a script: its folder is on the path)
 from PIL import Image
 from tqdm import tqdm
 
@@ -68,7 +69,9 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=8, help="Copies of the real clip to convert (default 8).")
     p.add_argument("--frames", type=int, default=16, help="Frames stored per clip (default 16).")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Worker counts to measure.")
+    add_json_arg(p, __file__)
     args = p.parse_args()
+    result: dict = {"machine": machine_line(), "args": {k: str(v) for k, v in vars(args).items()}, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ann = make_images(root / "coco", args.images)
@@ -83,6 +86,10 @@ def main() -> None:
                 seconds, manifest = timed(job)
                 what = "original bytes" if max_side is None else f"--max-side {max_side}"
                 print(f"images  workers={workers} {what:>16}: {manifest['total_samples'] / seconds:7.1f} images/s")
+                result["runs"].append(
+                    {"kind": "images", "workers": workers, "max_side": max_side,
+                     "images_per_s": manifest["total_samples"] / seconds}
+                )  # fmt: skip
             out = root / f"vid_w{workers}"
             job = ShardJob("msrvtt", out, annotations=clips, media_root=root / "msrvtt" / "videos", shard_size=100,
                            frames=args.frames, workers=workers, progress=False)  # fmt: skip
@@ -93,6 +100,11 @@ def main() -> None:
                 f"{manifest['total_samples'] * 310 * 2 / seconds:7.1f} decoded frames/s, "
                 f"{manifest['total_samples'] / seconds:5.2f} clips/s (10.4 s, 426x240, {args.frames} frames each)"
             )
+            result["runs"].append(
+                {"kind": "video", "workers": workers, "stored_frames_per_s": stored / seconds,
+                 "clips_per_s": manifest["total_samples"] / seconds}
+            )  # fmt: skip
+    write_results(args.json, result)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from transformers import BlipForImageTextRetrieval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402  (the script's folder is put on the path first)
+    add_json_arg,
     add_machine_args,
     build_blip_base,
     current_rss_bytes,
@@ -40,6 +41,7 @@ from common import (  # noqa: E402  (the script's folder is put on the path firs
     reset_peak_rss,
     retrieval_batch,
     run_json_child,
+    write_results,
 )
 
 from unitrans_ds.adapters import prepare_model  # noqa: E402
@@ -73,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_machine_args(p)
     p.add_argument("--skip-memory", action="store_true", help="Only time the steps.")
     p.add_argument("--skip-timing", action="store_true", help="Only measure peak memory.")
-    p.add_argument("--json", type=Path, default=None, help="Also write every number to this JSON file.")
+    add_json_arg(p, __file__)
     p.add_argument("--child", choices=METHODS, default=None, help=argparse.SUPPRESS)  # internal: one memory run
     args = p.parse_args(argv)
     if args.batch < 2:
@@ -220,9 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"\ngoals: {ref} time <= {GOALS['time_vs_full']}x full, memory <= {GOALS['memory_vs_full']}x full, "
         f"both <= {GOALS['vs_lora']}x lora"
     )
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    write_results(args.json, result)
     return result
 
 

@@ -25,6 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import add_json_arg, machine_line, write_results  # noqa: E402  (run as a script: its folder is on the path)
+
 from unitrans_ds.adapters import prepare_model  # noqa: E402
 from unitrans_ds.config import build_config, load_config  # noqa: E402
 from unitrans_ds.engine.memory import describe  # noqa: E402
@@ -127,6 +129,7 @@ def main() -> None:
     p.add_argument("--base-batch", type=int, default=8, help="micro batch of the BLIP-base video step (config: 8)")
     p.add_argument("--skip-base", action="store_true", help="skip the BLIP-base memory measurement")
     p.add_argument("--_base_child", type=int, default=None, help=argparse.SUPPRESS)
+    add_json_arg(p, __file__)
     args = p.parse_args()
     torch.manual_seed(0)
     if args._base_child is not None:
@@ -136,7 +139,9 @@ def main() -> None:
     print(f"tiny retrieval training, micro batch {args.batch}, {args.frames} frames per clip at 64 px:")
     print(f"  image {tiny['image_samples_per_s']:.1f} samples/s, video {tiny['video_samples_per_s']:.1f} samples/s")
     print(f"  video step / image step time: {tiny['video_over_image_time']:.2f}x")
+    result = {"machine": machine_line(), "args": {k: str(v) for k, v in vars(args).items()}, "tiny": tiny}
     if args.skip_base:
+        write_results(args.json, result)
         return
     out = subprocess.run(
         [sys.executable, __file__, "--_base_child", str(args.base_batch)], capture_output=True, text=True, check=True
@@ -149,6 +154,8 @@ def main() -> None:
         f"  measured: resident {base['rss_before_step_mib']:,.0f} MiB before the step, peak {base['peak_rss_mib']:,.0f} MiB "
         f"(+{base['step_increase_mib']:,.0f} MiB for the step); step took {base['step_s']:.1f} s"
     )
+    result["blip_base_video_step"] = base
+    write_results(args.json, result)
 
 
 if __name__ == "__main__":

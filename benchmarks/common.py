@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -231,3 +232,23 @@ def flush_denormals(keep: bool = False) -> bool:
     sit in that regime; pass `keep` (`--keep-denormals`) to measure with IEEE subnormals anyway.
     """
     return bool(torch.set_flush_denormal(not keep)) and not keep
+
+
+# ---------------------------------------------------------------------------------------------- results as JSON
+#: every benchmark writes its figures here as `<script>.json`, so that runs can be compared by a program
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def add_json_arg(p, script: str) -> None:
+    """`--json PATH`, defaulting to `benchmarks/results/<script>.json` (`script`: the caller's `__file__`)."""
+    default = RESULTS_DIR / f"{Path(script).stem}.json"
+    p.add_argument(
+        "--json", type=Path, default=default, help=f"Where to write every figure as JSON (default {default})."
+    )
+
+
+def write_results(path: Path, result: dict) -> None:
+    """Write `result` (with the machine line) as indented JSON to `path`, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"wrote {path}")

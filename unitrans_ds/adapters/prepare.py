@@ -13,6 +13,7 @@ from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
 from ..config.schema import METHODS, MethodConfig
 from .bank import SharedBank
 from .qasn import QASNLayer, SideState
+from .shared_down import SharedDown
 from .state import ATTR, UniTransState, get_state, starting_temperature
 from .targets import BANK_OF, AttentionTarget, TargetError, find_targets
 from .vcra_layer import VCRALinear
@@ -129,7 +130,9 @@ def _wrap_block(target: AttentionTarget, state: UniTransState, method: MethodCon
         k.add_chunk("k", 0, k.out_features)
         v.add_vectors("v", r, v.out_features)
         v.add_chunk("v", 0, v.out_features)
+    shared = SharedDown(target.module)
     for name, w in wrappers.items():
+        w.shared_down, w.role = shared, name
         setattr(target.module, name, w)
 
 

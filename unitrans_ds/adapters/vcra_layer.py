@@ -1,4 +1,8 @@
-"""VCRA: a frozen Linear plus `s_M * Lambda_b ⊙ (B · (Lambda_a ⊙ (A · x)))` per output chunk (SPEC section 2)."""
+"""VCRA: a frozen Linear plus `s_M * Lambda_b ⊙ (B · (Lambda_a ⊙ (A · x)))` per output chunk (SPEC section 2).
+
+Computed as `(A · x) · Mᵀ` with the vectors folded into `M = s · diag(Λb) · B · diag(Λa)` (same equation, fewer
+passes over the activations); BERT blocks share `A · x` between their projections (shared_down.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bank import SharedBank
+from .shared_down import SharedDown
 
 
 @dataclass
@@ -41,6 +46,10 @@ class VCRALinear(nn.Module):
         self.vcra_b = nn.ParameterDict()
         self.chunks: list[Chunk] = []
         self.merged = False
+        # Set by `prepare_model` for BERT attention blocks: the block's shared down-projection scope and which
+        # projection this is (`query`, `key` or `value`); see shared_down.py.
+        self.shared_down: SharedDown | None = None
+        self.role = ""
         # Plain attributes, not submodules: the bank and the scalars belong to UniTransState.
         object.__setattr__(self, "_bank", bank)
         object.__setattr__(self, "_scales", scales)
@@ -82,24 +91,51 @@ class VCRALinear(nn.Module):
                 out.extend(self._vectors(c))
         return out
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """The adapter's contribution for input `x` [..., d_in] -> [..., d_out]."""
-        A, B = self._bank.A[:, : self.in_features], self._bank.B
-        xa = F.linear(x, A.to(x.dtype))
-        parts, cache = [], {}
+    def update_matrix(self, chunk: Chunk, dtype: torch.dtype) -> torch.Tensor:
+        """`s · diag(Λb) · B · diag(Λa)` [chunk width, r]: the vectors folded into the small r-wide matrix.
+
+        Why: applying Λa, Λb and s to the activations costs elementwise passes over [tokens, width] in the forward
+        and again in the backward; folded, they cost O(width · r), and the update is one matmul of `A · x`.
+        """
+        a, b = self._vectors(chunk)
+        B = self._bank.B[: chunk.end - chunk.start]
+        return ((b * self._scales[self.modality])[:, None] * B * a).to(dtype)
+
+    def stacked_matrix(self, dtype: torch.dtype) -> torch.Tensor:
+        """The update matrices of all chunks stacked to [d_out, r]; a key used by several chunks is folded once."""
+        mats: dict[str, torch.Tensor] = {}
         for c in self.chunks:
-            if c.key not in cache:
-                a, b = self._vectors(c)
-                cache[c.key] = F.linear(xa * a, B[: c.end - c.start].to(x.dtype)) * b
-            parts.append(cache[c.key])
-        out = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
-        return out * self._scales[self.modality].to(x.dtype)
+            if c.key not in mats:
+                mats[c.key] = self.update_matrix(c, dtype)
+        rows = [mats[c.key] for c in self.chunks]
+        return torch.cat(rows) if len(rows) > 1 else rows[0]
+
+    def down(self, x: torch.Tensor) -> torch.Tensor:
+        """`A · x` [..., r]: the bank's down-projection, the part every adapted projection of an input shares."""
+        return F.linear(x, self._bank.A[:, : self.in_features].to(x.dtype))
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """The adapter's contribution for input `x` [..., d_in] -> [..., d_out], computed alone (no sharing)."""
+        return F.linear(self.down(x), self.stacked_matrix(x.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
         if self.merged:
             return y
-        return y + self.delta(x)
+        memo = self.shared_down.memo(self.role, x) if self.shared_down is not None else None
+        if memo is None:
+            # Alone (the fused ViT qkv, or an input no sibling shares): y + (A·x)·Mᵀ as one GEMM that adds into y.
+            # For qkv with shared K/V the stacked M repeats the kv rows: a third more of a rank-r GEMM, instead of
+            # a [tokens, 3 · width] concatenation of the chunks in the forward and its split in the backward.
+            xa, m = self.down(x), self.stacked_matrix(x.dtype)
+            out = torch.addmm(y.reshape(-1, y.shape[-1]), xa.reshape(-1, xa.shape[-1]), m.t())
+            return out.view_as(y)
+        # A BERT projection inside its block: A·x once per input, and one update per vector owner, so that key and
+        # value with shared vectors compute their identical update once and add it twice.
+        (chunk,) = self.chunks
+        xa = memo("down", lambda: self.down(x))
+        update = memo((chunk.owner or self, chunk.key), lambda: F.linear(xa, self.update_matrix(chunk, x.dtype)))
+        return y + update
 
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import math
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -70,10 +71,31 @@ def open_image(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data))
 
 
-def resize_region(img: Image.Image, box: Box, size: tuple[int, int], use_draft: bool = True) -> Image.Image:
+def _resize_uint8(img: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int]) -> Image.Image:
+    """PIL's antialiased bicubic resize of an integer `box`, computed by torch's uint8 kernel (channels-last).
+
+    Why: PIL's resampler is scalar fixed-point code; torch's vectorised uint8 kernel implements the same filter
+    (PIL's support and coefficient rounding) about 4x faster. Outputs differ from PIL's by 0.003 grey levels on
+    average, a few levels in about one pixel in 10^5 (tests/test_transforms.py).
+    """
+    left, top, right, bottom = box
+    with warnings.catch_warnings():
+        # PIL hands out a read-only array; torch warns that its tensor could write to it, and this one never does.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        pixels = torch.from_numpy(np.asarray(img))
+    crop = pixels[top:bottom, left:right].permute(2, 0, 1).unsqueeze(0)
+    crop = crop.contiguous(memory_format=torch.channels_last)
+    out = torch.nn.functional.interpolate(crop, size=(size[1], size[0]), mode="bicubic", antialias=True)
+    return Image.fromarray(out[0].permute(1, 2, 0).numpy())
+
+
+def resize_region(
+    img: Image.Image, box: Box, size: tuple[int, int], use_draft: bool = True, exact: bool = True
+) -> Image.Image:
     """Bicubic-resize the `box` region of a lazily opened image to `size` (w, h), as an RGB image.
 
     With `use_draft`, a JPEG is decoded at 1/2, 1/4 or 1/8 scale when the region keeps >= 2x `size` pixels.
+    `exact=False` lets a whole-pixel box go through torch's faster uint8 kernel (see `_resize_uint8`).
     """
     left, top, right, bottom = box
     out_w, out_h = size
@@ -90,6 +112,9 @@ def resize_region(img: Image.Image, box: Box, size: tuple[int, int], use_draft: 
     if img.mode != "RGB":
         img = img.convert("RGB")
     right, bottom = min(right, img.width), min(bottom, img.height)
+    whole = (left, top, right, bottom)
+    if not exact and all(float(v).is_integer() for v in whole):
+        return _resize_uint8(img, tuple(int(v) for v in whole), size)
     return img.resize((out_w, out_h), Image.Resampling.BICUBIC, box=(left, top, right, bottom))
 
 
@@ -103,6 +128,8 @@ class TrainTransform:
             image but not in the text; set False for data where that matters (the shapes demo).
         randaugment: apply BLIP's RandAugment(2, 5).
         use_draft: allow reduced-size JPEG decoding (see module docstring).
+        exact: resize with PIL itself; the default False uses torch's uint8 kernel for the same bicubic filter
+            (4x faster, a few grey levels in rare pixels; see `_resize_uint8`), fine for augmented training crops.
     """
 
     def __init__(
@@ -112,6 +139,7 @@ class TrainTransform:
         hflip: bool = True,
         randaugment: bool = True,
         use_draft: bool = True,
+        exact: bool = False,
     ) -> None:
         if image_size < 1:
             raise ValueError(f"image_size must be >= 1, got {image_size}")
@@ -122,11 +150,12 @@ class TrainTransform:
         self.hflip = hflip
         self.augment = RandAugment() if randaugment else None
         self.use_draft = use_draft
+        self.exact = exact
 
     def __call__(self, data: bytes, rng: random.Random) -> np.ndarray:
         img = open_image(data)
         box = random_resized_crop_box(img.width, img.height, rng, scale=(self.min_scale, 1.0))
-        img = resize_region(img, box, (self.image_size, self.image_size), self.use_draft)
+        img = resize_region(img, box, (self.image_size, self.image_size), self.use_draft, self.exact)
         if self.hflip and rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if self.augment is not None:
@@ -136,7 +165,7 @@ class TrainTransform:
     def __repr__(self) -> str:
         return (
             f"TrainTransform(image_size={self.image_size}, min_scale={self.min_scale}, hflip={self.hflip}, "
-            f"augment={self.augment}, use_draft={self.use_draft})"
+            f"augment={self.augment}, use_draft={self.use_draft}, exact={self.exact})"
         )
 
 
