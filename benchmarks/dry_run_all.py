@@ -65,12 +65,57 @@ def table(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def plan_tables() -> str:
+    """Estimates (no GPU measurement exists): micro batch x accumulation per GPU size, and GPU-hours."""
+    from unitrans_ds.config import load_config
+    from unitrans_ds.dryrun.plan import EFFECTIVE_TFLOPS, GPU_GIB, fitting_micro_batch, gpu_hours, memory_gib
+    from unitrans_ds.models.known_checkpoints import architecture
+
+    sizes = list(GPU_GIB)
+    fit = (
+        "| config | global batch | "
+        + " | ".join(f"{g}: 8 GPUs / 16 GPUs" for g in sizes)
+        + " | memory at the recipe's micro batch |\n"
+    )
+    fit += "|---" * (3 + len(sizes)) + "|\n"
+    hours = (
+        "| config | epochs | train GPU-h | eval GPU-h | total GPU-h | wall h on 8 GPUs |\n|---|---|---|---|---|---|\n"
+    )
+    for name in PAPER_CONFIGS:
+        cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+        blip = architecture(cfg.model.init_from)
+        cells = []
+        for g in sizes:
+            got = [fitting_micro_batch(cfg, blip, n, GPU_GIB[g]) for n in (8, 16)]
+            cells.append(" / ".join(f"{m} x {a}" if m else "none" for m, a in (x or (None, None) for x in got)))
+        mem = memory_gib(cfg, blip, cfg.train.micro_batch_size)
+        fit += (
+            f"| {name} | {cfg.train.global_batch_size} | "
+            + " | ".join(cells)
+            + f" | {mem:.1f} GiB (micro {cfg.train.micro_batch_size}) |\n"
+        )
+        h = gpu_hours(name, cfg, blip)
+        total = h["train_gpu_hours"] + h["eval_gpu_hours"]
+        hours += (
+            f"| {name} | {cfg.train.epochs} | {h['train_gpu_hours']:.1f} | {h['eval_gpu_hours']:.1f} | {total:.1f} | "
+            f"{total / 8:.1f} |\n"
+        )
+    return fit + f"\n(GPU-hours at an assumed {EFFECTIVE_TFLOPS:.0f} TFLOP/s sustained per GPU)\n\n" + hours
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=list(PAPER_CONFIGS), choices=PAPER_CONFIGS)
     p.add_argument("--ds-config", default="ds_configs/zero2.json")
     p.add_argument("--reuse", action="store_true", help="keep earlier runs/dry_run/NAME/dry_run.json results")
+    p.add_argument("--plan", action="store_true", help="only print the estimate tables (fit per GPU, GPU-hours)")
     args = p.parse_args()
+    if args.plan:
+        sys.path.insert(0, str(ROOT))
+        text = plan_tables()
+        (RESULTS / "paper_plan.md").write_text(text)
+        print(text)
+        return 0
     rows = [run_one(name, args.ds_config, args.reuse) for name in args.configs]
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}",

@@ -214,3 +214,20 @@ WRITERS: dict[str, Callable[[Path, Path], None]] = {
     "msrvtt-qa": write_msrvtt_qa,
     "didemo": write_didemo,
 }
+
+
+#: data.dataset -> (annotation folder, media root) as the guide and the YAML comments write them
+GUIDE_PATHS: dict[str, tuple[str, str]] = {
+    "coco": ("$COCO_ANN", "$COCO_ROOT"),
+    "flickr30k": ("$FLICKR_ANN", "$FLICKR_ROOT"),
+    "vqav2": ("$VQA_ANN", "$COCO_ROOT"),
+    "msrvtt": ("$MSRVTT_ANN", "$MSRVTT_VIDEOS"),
+    "msrvtt-qa": ("$MSRVTTQA_ANN", "$MSRVTT_VIDEOS"),
+    "didemo": ("$DIDEMO_ANN", "$DIDEMO_VIDEOS"),
+}
+
+
+def guide_commands(dataset: str, folders: dict[str, str]) -> list[str]:
+    """The make_shards command lines for the real data of `dataset`, writing split `s` to `folders[s]`."""
+    ann, media = GUIDE_PATHS[dataset]
+    return [cmd.shell(ann, media, folders[cmd.split]) for cmd in SHARD_COMMANDS[dataset] if cmd.split in folders]
