@@ -55,3 +55,12 @@ def test_dry_run_of_a_paper_image_config(tmp_path):
     final = json.loads((work / "run" / "final_metrics.json").read_text())
     assert "val/CIDEr" in final
     assert "estimated activations for the real micro batch of 32" in proc.stdout
+
+
+def test_dry_run_of_a_config_without_native_samples_is_one_clear_line(tmp_path):
+    cmd = [sys.executable, str(ROOT / "launchers" / "train.py"), "--config", str(ROOT / "configs" / "demo_retrieval.yaml"),
+           "--dry-run"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "error: data.dataset='shapes-b': the dry run writes samples for coco, didemo, flickr30k" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -139,13 +139,18 @@ def dry_run(config: str | None, overrides: list[str], ds_config: str, micro_batc
     from ..engine.trainer import Trainer
 
     real = load_config(config, overrides)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world != 1:  # every rank would write the same samples and shards at once
+        raise ConfigError(
+            f"--dry-run runs on one process, not {world}: start it with `python launchers/train.py --config ... "
+            "--dry-run`, not with the deepspeed launcher"
+        )
     name = Path(config).stem if config else "default"
     work_dir = Path(work or f"runs/dry_run/{name}")
     shutil.rmtree(work_dir, ignore_errors=True)
     torch.set_flush_denormal(True)
     shards = write_shards(real, work_dir)
     blip_shaped_tokenizer(work_dir / "tokenizer")
-    world = int(os.environ.get("WORLD_SIZE", 1))
     cfg = load_config(config, [*overrides, *dry_run_overrides(real, shards, work_dir, micro_batch, world)])
 
     t0 = time.perf_counter()
