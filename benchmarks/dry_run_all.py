@@ -47,18 +47,19 @@ def run_one(name: str, ds_config: str, reuse: bool) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = (
-        "| config | task | px | frames | build s | step 1 s | step 2 s | eval s | peak RSS MiB | "
-        "real micro batch | est. activations bf16 GiB |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| config | task | px | frames | threads | build s | step 1 s | step 2 s | eval s | peak RSS MiB | "
+        "real micro batch | est. activations bf16 GiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
         name = Path(r["config"]).stem
         if "failed" in r:
-            lines.append(f"| {name} | FAILED: {r['failed']} |||||||||| ")
+            lines.append(f"| {name} | FAILED: {r['failed']} ||||||||||| ")
             continue
         s1, s2 = (r["step_seconds"] + [float("nan")] * 2)[:2]
         lines.append(
-            f"| {name} | {r['task']} | {r['image_size']} | {r['frames'] or ''} | {r['build_seconds']:.0f} | "
+            f"| {name} | {r['task']} | {r['image_size']} | {r['frames'] or ''} | {r['torch_threads']} | "
+            f"{r['build_seconds']:.0f} | "
             f"{s1:.0f} | {s2:.0f} | {r['eval_seconds']:.0f} | {r['peak_rss_mib_end']:,.0f} | "
             f"{r['real_micro_batch']} | {r['activations_bf16_gib']:.1f} |"
         )

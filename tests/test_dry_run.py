@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from unitrans_ds.config import load_config
+from unitrans_ds.config import ConfigError, load_config
+from unitrans_ds.dryrun import dry_run
 from unitrans_ds.dryrun.native import SHARD_COMMANDS, guide_commands
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,3 +65,12 @@ def test_dry_run_of_a_config_without_native_samples_is_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert "error: data.dataset='shapes-b': the dry run writes samples for coco, didemo, flickr30k" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_dry_run_of_an_init_without_a_stored_architecture_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="model.init_from='Salesforce/blip-itm-base-coco': the dry run knows"):
+        dry_run(
+            str(ROOT / "configs" / "coco_retrieval.yaml"), ["model.init_from=Salesforce/blip-itm-base-coco"], "zero2"
+        )
+    assert not (tmp_path / "runs").exists()

@@ -35,7 +35,7 @@ from ..config import Config, ConfigError, load_config
 from ..engine.memory import estimate_activation_bytes
 from ..make_shards import main as make_shards_main
 from ..models.build import ensure_blip_tokens
-from ..models.known_checkpoints import RANDOM_PREFIX, architecture
+from ..models.known_checkpoints import KNOWN_CHECKPOINTS, RANDOM_PREFIX, architecture, known_checkpoint
 from ..models.tiny import SPECIAL_TOKENS, demo_vocab_path
 from .native import SHARD_COMMANDS, WRITERS
 
@@ -144,6 +144,12 @@ def dry_run(config: str | None, overrides: list[str], ds_config: str, micro_batc
         raise ConfigError(
             f"--dry-run runs on one process, not {world}: start it with `python launchers/train.py --config ... "
             "--dry-run`, not with the deepspeed launcher"
+        )
+    if real.model.init_from != "tiny" and known_checkpoint(real.model.init_from) is None:
+        raise ConfigError(
+            f"model.init_from={real.model.init_from!r}: the dry run knows the architectures of the original BLIP "
+            f"checkpoints ({', '.join(sorted(KNOWN_CHECKPOINTS))}) and `tiny`; the HF hub BLIP-base models have the same layers "
+            "(saved at 384 px), so dry-run with the config's default model.init_from"
         )
     name = Path(config).stem if config else "default"
     work_dir = Path(work or f"runs/dry_run/{name}")
