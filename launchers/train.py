@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="MICRO_BATCH",
         help="no data or weights needed: write a few native samples, shard them, build the config's architecture "
         "with random weights, train 2 steps of MICRO_BATCH (default 2) and evaluate once; prints times, peak "
-        "memory and the activation estimate for the config's batch (docs/reproducing.md)",
+        "memory and the activation estimate for the config's batch (docs/reproducing.md). Put key=value overrides "
+        "before it",
     )
     p.add_argument(
         "--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help="set by the deepspeed launcher"
