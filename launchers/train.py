@@ -40,6 +40,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="resume from the latest checkpoint of the run folder (or of a given run folder)",
     )
     p.add_argument(
+        "--dry-run",
+        nargs="?",
+        type=int,
+        const=2,
+        default=None,
+        metavar="MICRO_BATCH",
+        help="no data or weights needed: write a few native samples, shard them, build the config's architecture "
+        "with random weights, train 2 steps of MICRO_BATCH (default 2) and evaluate once; prints times, peak "
+        "memory and the activation estimate for the config's batch (docs/reproducing.md). Put key=value overrides "
+        "before it",
+    )
+    p.add_argument(
         "--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help="set by the deepspeed launcher"
     )
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-4 train.max_steps=20")
@@ -53,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.dry_run is not None:
+            from unitrans_ds.dryrun import dry_run
+
+            dry_run(args.config, args.overrides, args.ds_config, micro_batch=args.dry_run)
+            return 0
         cfg = load_config(args.config, args.overrides)
         for split in ("train", "val", "test"):
             folder = getattr(cfg.data, f"{split}_shards")

@@ -11,18 +11,10 @@ import pytest
 from unitrans_ds.config import load_config
 from unitrans_ds.engine.ds_config import resolve_ds_config
 from unitrans_ds.make_shards import build_parser
-from unitrans_ds.models.build import TASK_CLASSES
+from unitrans_ds.models.known_checkpoints import known_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ALL_YAMLS = sorted(CONFIGS.glob("*.yaml"))
-
-# `architectures` of each checkpoint's config.json on the HF hub (the head class it was saved from)
-HUB_ARCHITECTURES = {
-    "Salesforce/blip-itm-base-coco": "BlipForImageTextRetrieval",
-    "Salesforce/blip-itm-base-flickr": "BlipForImageTextRetrieval",
-    "Salesforce/blip-image-captioning-base": "BlipForConditionalGeneration",
-    "Salesforce/blip-vqa-base": "BlipForQuestionAnswering",
-}
 
 # SPEC section 8: (task, video, image size, lr, epochs, micro batch, GPUs); k_test for retrieval
 PAPER = {
@@ -76,10 +68,11 @@ def test_paper_config_follows_the_recipe(name):
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
-def test_paper_config_names_a_hub_model_of_its_task_class(name):
+def test_paper_config_starts_from_pretrained_only_blip_base(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
-    assert cfg.model.init_from in HUB_ARCHITECTURES, f"{name}: {cfg.model.init_from} is not a known BLIP hub model"
-    assert TASK_CLASSES[cfg.task].__name__ == HUB_ARCHITECTURES[cfg.model.init_from]
+    ckpt = known_checkpoint(cfg.model.init_from)
+    assert ckpt is not None and ckpt.name == "model_base.pth", f"{name}: {cfg.model.init_from}"
+    assert cfg.task in ckpt.tasks
 
 
 @pytest.mark.parametrize("name", sorted(DEMOS))

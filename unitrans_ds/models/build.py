@@ -32,6 +32,13 @@ from .convert_blip import (
     load_original_checkpoint,
     summarize_keys,
 )
+from .known_checkpoints import (
+    KNOWN_CHECKPOINTS,
+    RANDOM_PREFIX,
+    architecture,
+    known_checkpoint,
+    missing_checkpoint_message,
+)
 from .signature import config_hash  # the one definition, shared with the adapter export
 from .tiny import demo_tokenizer, tiny_blip_config
 
@@ -215,6 +222,27 @@ def _build_tiny(model_cfg: ModelConfig, task: str, seed: int) -> tuple[PreTraine
     return model, demo_tokenizer()
 
 
+def _build_random(model_cfg: ModelConfig, task: str, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """`random:<checkpoint>`: the named original checkpoint's architecture with seeded random weights."""
+    name = model_cfg.init_from.removeprefix(RANDOM_PREFIX)
+    ckpt = known_checkpoint(name)
+    if ckpt is None:
+        raise ModelLoadError(
+            f"model.init_from={model_cfg.init_from!r}: no stored architecture for {name!r}; `random:` takes one of "
+            f"{', '.join(sorted(KNOWN_CHECKPOINTS))} (a path ending in one works too)"
+        )
+    if task not in ckpt.tasks:
+        raise ModelLoadError(
+            f"model.init_from={model_cfg.init_from!r}: {ckpt.name} ({ckpt.lineage}) holds no {task} weights; "
+            f"it serves {', '.join(ckpt.tasks)}"
+        )
+    config = architecture(name)
+    with torch.random.fork_rng(devices=[]):  # seeded, without disturbing the caller's stream
+        torch.manual_seed(seed)
+        model = TASK_CLASSES[task](config)
+    return model, resolve_tokenizer(model_cfg, config.text_config.vocab_size)
+
+
 def _build_pretrained(model_cfg: ModelConfig, task: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, list[str]]:
     source = model_cfg.init_from
     folder = Path(source).expanduser()
@@ -319,6 +347,11 @@ def load_backbone(model_cfg: ModelConfig, task: str, seed: int = 0) -> Backbone:
     if source == "tiny":
         model, tok = _build_tiny(model_cfg, task, seed)
         model.eval()
+    elif source.startswith(RANDOM_PREFIX):
+        model, tok = _build_random(model_cfg, task, seed)
+        model.eval()
+    elif not path.exists() and known_checkpoint(source) is not None:
+        raise ModelLoadError(missing_checkpoint_message(source))
     elif path.is_file() or source.endswith(ORIGINAL_SUFFIXES):
         model, tok = build_from_original(path, task, model_cfg)
         source = str(path.resolve())
