@@ -13,7 +13,8 @@ over rounds), peak GPU memory of a step net of what was allocated before it (`to
 and the unitrans / full and unitrans / LoRA step-time ratios with their spread over rounds. Random weights
 (`BlipConfig()` defaults at 384 px), synthetic pixels and the demo tokenizer's captions padded to 35 tokens.
 
-The defaults take about 4 minutes on one H200 (budget: 8). Without CUDA the script stops with one line.
+Sized to finish well within 8 minutes on one H200 (it has not run on a GPU yet: estimate, not measured). Without
+CUDA the script stops with one line.
 Run from the repository root: `python benchmarks/bench_gpu.py --help`; figures go to
 `benchmarks/results/bench_gpu.json`.
 """
