@@ -193,8 +193,8 @@ def colour_name(image: Image.Image, region: np.ndarray) -> str:
 
 
 def test_image_answers_agree_with_the_pixels():
-    """Domain A JPEGs show as many objects as the count answer says, with the colours the listing caption names,
-    and the shape the "shape at" answer names sits in the cell the question names."""
+    """Domain A JPEGs show as many objects as the count answer says, with the colours the listing caption names
+    (small ones too: the JPEGs keep full-resolution colour)."""
     for item in items("a", n=60):
         image = Image.open(io.BytesIO(render_jpegs(item.scene)[0]))
         assert image.size == (64, 64)

@@ -35,8 +35,10 @@ def _majority(answers: Sequence[str]) -> str:
 
 def _best_constant(questions: list[dict[str, Any]]) -> tuple[str, float]:
     """The constant answer with the highest mean VQA accuracy over `questions`, and that accuracy in percent."""
-    candidates = sorted({a for q in questions for a in q["answers"]})
-    scores = {c: sum(question_accuracy(c, q["answers"]) for q in questions) for c in candidates}
+    # Accuracy ignores the answers' order: score each distinct multiset once.
+    answer_lists = Counter(tuple(sorted(q["answers"])) for q in questions)
+    candidates = sorted({a for answers in answer_lists for a in answers})
+    scores = {c: sum(n * question_accuracy(c, answers) for answers, n in answer_lists.items()) for c in candidates}
     best = max(candidates, key=lambda c: (scores[c], c))
     return best, 100.0 * scores[best] / len(questions)
 
