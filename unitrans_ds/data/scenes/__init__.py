@@ -40,7 +40,9 @@ class Sample:
     questions: list[dict[str, Any]]
 
 
-def make_sample(seed: int, domain: str, split: str, task_set: str, index: int, size: int, frames: int, sid: str) -> Sample:  # fmt: skip
+def make_sample(
+    seed: int, domain: str, split: str, task_set: str, index: int, size: int, frames: int, sid: str
+) -> Sample:
     """Sample `index` of a split, from its own generator `[seed, domain, split, task_set, index]` alone."""
     keys = [seed, list(DOMAINS).index(domain), SPLITS.index(split), TASK_SETS.index(task_set), index]
     rng = np.random.default_rng(keys)

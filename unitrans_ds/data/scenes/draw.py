@@ -39,12 +39,17 @@ def _outline(shape: str) -> list[tuple[float, float]]:
         ]  # fmt: skip
     if shape == "heart":
         ts = [2 * math.pi * k / 32 for k in range(32)]
-        pts = [(16 * math.sin(t) ** 3, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t))) for t in ts]  # fmt: skip
+        pts = [
+            (16 * math.sin(t) ** 3, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)))
+            for t in ts
+        ]
         return [(x / 16.5, (y + 2.5) / 15) for x, y in pts]
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _rotated(cx: float, cy: float, r: float, points: list[tuple[float, float]], angle: float) -> list[tuple[float, float]]:  # fmt: skip
+def _rotated(
+    cx: float, cy: float, r: float, points: list[tuple[float, float]], angle: float
+) -> list[tuple[float, float]]:
     c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in points]
 

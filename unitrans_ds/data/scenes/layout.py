@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .world import COLORS, DIRECTIONS, DOMAINS, MARKS, OPPOSITE, RELATIONS, SHAPES, SIZES
+from .world import COLORS, DIRECTIONS, DOMAINS, MARKS, RELATIONS, SHAPES, SIZES
 
 MIN_OBJECTS, MAX_OBJECTS = 2, 5  # per image; the count question's answers are two .. five, uniform
 LANES = (0.2, 0.5, 0.8)  # clips: the rows (or columns) objects move along
@@ -22,7 +22,11 @@ def adjacent_pairs(objects: list[dict[str, Any]], relation: str) -> list[tuple[i
     """(i, j) with object i `relation` object j: i is in the grid cell next to j in that direction."""
     dr, dc = RELATIONS[relation]
     cell = {(o["row"], o["col"]): k for k, o in enumerate(objects)}
-    return [(cell[(o["row"] + dr, o["col"] + dc)], j) for j, o in enumerate(objects) if (o["row"] + dr, o["col"] + dc) in cell]  # fmt: skip
+    return [
+        (cell[(o["row"] + dr, o["col"] + dc)], j)
+        for j, o in enumerate(objects)
+        if (o["row"] + dr, o["col"] + dc) in cell
+    ]
 
 
 def _attributes(rng: np.random.Generator, domain: str, color: str, shape: str) -> dict[str, Any]:
@@ -190,4 +194,4 @@ def moves_toward(obj: dict[str, Any], other: dict[str, Any]) -> bool:
     return dist(obj["end"], other["end"]) < dist(obj["start"], other["start"])
 
 
-__all__ = ["OPPOSITE", "adjacent_pairs", "clip_scene", "direction_of", "image_scene", "moves_toward", "reverse_clip"]
+__all__ = ["adjacent_pairs", "clip_scene", "direction_of", "image_scene", "moves_toward", "reverse_clip"]

@@ -145,7 +145,9 @@ def format_stats(title: str, stats: dict[str, Any]) -> str:
                 f"  {qtype:<18} {t['n']:>5} {t['n_answers']:>7} {t['entropy_bits']:>7.2f}  "
                 f"{t['best_constant_acc']:5.1f}% ({t['best_constant']})"
             )
-        lines.append(f"  best single constant answer over all questions: {p['best_constant_acc']:.1f}% ({p['best_constant']})")  # fmt: skip
+        lines.append(
+            f"  best single constant answer over all questions: {p['best_constant_acc']:.1f}% ({p['best_constant']})"
+        )
         lines.append(f"  type prior (best constant per type): {p['type_prior_acc']:.1f}%")
     return "\n".join(lines)
 

@@ -100,7 +100,10 @@ def _relation_pair(rng: np.random.Generator, scene: dict[str, Any], avoid: tuple
     decides how often it is left/right rather than above/below."""
     horizontal = rng.random() < DOMAINS[scene["domain"]]["horizontal_relation_p"]
     axes = [("to the left of", "to the right of"), ("above", "below")]
-    groups = [[(rel, i, j) for rel in rels for i, j in adjacent_pairs(scene["objects"], rel)] for rels in (axes if horizontal else axes[::-1])]  # fmt: skip
+    groups = [
+        [(rel, i, j) for rel in rels for i, j in adjacent_pairs(scene["objects"], rel)]
+        for rels in (axes if horizontal else axes[::-1])
+    ]
     fresh = [[p for p in group if avoid is None or {p[1], p[2]} != set(avoid)] for group in groups]
     for group in fresh + groups:
         if group:
@@ -157,13 +160,11 @@ def image_plans(rng: np.random.Generator, scene: dict[str, Any]) -> list[Plan]:
             "number",
             NUMBERS[:4],
             {"color": scene["counted"]},
-        ),  # fmt: skip
+        ),
         Plan(
             "color of related", f"what color is the shape {rel} the {name(objs[j])} ?", "other", COLORS, {"object": i}
-        ),  # fmt: skip
-        Plan(
-            "shape at", f"what shape is {where(objs[at]['row'], objs[at]['col'])} ?", "other", SHAPES, {"object": at}
-        ),  # fmt: skip
+        ),
+        Plan("shape at", f"what shape is {where(objs[at]['row'], objs[at]['col'])} ?", "other", SHAPES, {"object": at}),
     ]
     present = {(o["color"], o["shape"]) for o in objs}
     if rng.random() < 0.5:
@@ -175,7 +176,9 @@ def image_plans(rng: np.random.Generator, scene: dict[str, Any]) -> list[Plan]:
         if not mixes:
             mixes = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
         color, shape = mixes[int(rng.integers(len(mixes)))]
-    plans.append(Plan("is there", f"is there {a(color + ' ' + shape)} ?", "yes/no", YES_NO, {"color": color, "shape": shape}))  # fmt: skip
+    plans.append(
+        Plan("is there", f"is there {a(color + ' ' + shape)} ?", "yes/no", YES_NO, {"color": color, "shape": shape})
+    )
     k = any_obj()
     plans.append(Plan("where", f"where is the {name(objs[k])} ?", "other", WHERE_ANSWERS, {"object": k}))
     k = any_obj()
@@ -188,7 +191,9 @@ def image_plans(rng: np.random.Generator, scene: dict[str, Any]) -> list[Plan]:
     else:
         k = any_obj()
         mark = str(rng.choice([m for m in MARKS[1:] if m != objs[k]["mark"]]))
-    plans.append(Plan("mark", f"does the {name(objs[k])} have a {mark} ?", "yes/no", YES_NO, {"object": k, "mark": mark}))  # fmt: skip
+    plans.append(
+        Plan("mark", f"does the {name(objs[k])} have a {mark} ?", "yes/no", YES_NO, {"object": k, "mark": mark})
+    )
     return plans
 
 
@@ -256,7 +261,7 @@ def clip_plans(rng: np.random.Generator, scene: dict[str, Any]) -> list[Plan]:
             "yes/no",
             YES_NO,
             {"object": roles["mover"], "other": roles["reference"]},
-        ),  # fmt: skip
+        ),
         Plan("color of mover", f"what color is the shape that moves {d} ?", "other", COLORS, {"direction": d}),
         Plan("shape of mover", f"what shape moves {d} ?", "other", SHAPES, {"direction": d}),
         Plan(
@@ -265,7 +270,7 @@ def clip_plans(rng: np.random.Generator, scene: dict[str, Any]) -> list[Plan]:
             "yes/no",
             YES_NO,
             {"object": roles["mover"], "direction": asked},
-        ),  # fmt: skip
+        ),
         Plan("count moving", "how many shapes are moving ?", "number", NUMBERS[:4]),
     ]
 
