@@ -25,6 +25,10 @@ formats and their inputs:
   msrvtt-qa       --annotations {video_id, question, answer} records (JSON list or jsonl)
   didemo          --annotations native DiDeMo JSON; all descriptions of a video form one paragraph caption
   shapes          synthetic: --domain a|b --num-samples N --task-set image|video [--image-size 64] --seed S
+                  (the world of the committed demo shards and pretrained tiny BLIPs)
+  scenes          synthetic, same arguments: the richer successor world (several objects with colour, shape,
+                  size, mark; relations; balanced answers; order-dependent clips, --frames >= 2); domains a and
+                  b share every word and differ in look. Statistics: python -m unitrans_ds.data.scenes.stats DIR
 
 output folder and restarts:
   --out gets shard-000000.tar, ..., manifest.json and skipped.jsonl. While a run works, --out also holds
@@ -61,11 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="Conversion processes.")
     p.add_argument("--strict", action="store_true", help="A missing or undecodable image/video is fatal, not a skip.")
     p.add_argument("--overwrite", action="store_true", help="Replace the shards already in --out.")
-    p.add_argument("--seed", type=int, default=0, help="shapes: seed of the synthetic scenes (default 0).")
-    p.add_argument("--domain", choices=("a", "b"), help="shapes: colour/shape/background domain.")
-    p.add_argument("--num-samples", type=int, help="shapes: images or clips to make.")
-    p.add_argument("--task-set", default="image", choices=("image", "video"), help="shapes: images or clips.")
-    p.add_argument("--image-size", type=int, default=64, help="shapes: image side in pixels (default 64).")
+    p.add_argument("--seed", type=int, default=0, help="shapes, scenes: seed of the synthetic data (default 0).")
+    p.add_argument("--domain", choices=("a", "b"), help="shapes, scenes: the domain (look; and for shapes, words).")
+    p.add_argument("--num-samples", type=int, help="shapes, scenes: images or clips to make.")
+    p.add_argument("--task-set", default="image", choices=("image", "video"), help="shapes, scenes: images or clips.")
+    p.add_argument("--image-size", type=int, default=64, help="shapes, scenes: image side in pixels (default 64).")
     p.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     return p
 

@@ -53,7 +53,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import __version__
-from .formats import AnnotationError, ParseRequest, ShardError, SourceItem, parse
+from .formats import SYNTHETIC_FORMATS, AnnotationError, ParseRequest, ShardError, SourceItem, parse
 from .video_decode import VideoDecodeError, decode_clip
 
 __all__ = ["AnnotationError", "ShardError", "ShardJob", "make_shards", "convert", "summary_line"]
@@ -229,7 +229,11 @@ def _video(item: SourceItem, opts: ConvertOptions, meta: dict[str, Any]) -> dict
 
 
 def _synthetic(item: SourceItem, meta: dict[str, Any]) -> dict[str, bytes]:
-    from .shapes import clip_times, render_jpegs
+    # A `scenes` layout says so; `shapes` layouts predate the key (their bytes must not change).
+    if item.scene.get("world") == "scenes":
+        from .scenes import clip_times, render_jpegs
+    else:
+        from .shapes import clip_times, render_jpegs
 
     jpegs = render_jpegs(item.scene)
     if item.kind == "image":
@@ -401,11 +405,11 @@ def _refuse_unused_args(job: ShardJob) -> None:
     unused = {
         "--questions": job.questions is not None and job.format != "vqav2",
         "--split-file": job.split_file is not None and job.format != "msrvtt",
-        "--domain": job.domain is not None and job.format != "shapes",
-        "--num-samples": job.num_samples is not None and job.format != "shapes",
-        "--annotations": job.annotations is not None and job.format == "shapes",
-        "--media-root": job.media_root is not None and job.format == "shapes",
-        "--max-side": job.max_side is not None and job.format == "shapes",
+        "--domain": job.domain is not None and job.format not in SYNTHETIC_FORMATS,
+        "--num-samples": job.num_samples is not None and job.format not in SYNTHETIC_FORMATS,
+        "--annotations": job.annotations is not None and job.format in SYNTHETIC_FORMATS,
+        "--media-root": job.media_root is not None and job.format in SYNTHETIC_FORMATS,
+        "--max-side": job.max_side is not None and job.format in SYNTHETIC_FORMATS,
     }
     named = [arg for arg, bad in unused.items() if bad]
     if named:

@@ -21,6 +21,12 @@ def _shapes(req: ParseRequest) -> list[SourceItem]:
     return build_items(req)
 
 
+def _scenes(req: ParseRequest) -> list[SourceItem]:
+    from ..scenes import build_items  # as for shapes: drawing code only when asked for
+
+    return build_items(req)
+
+
 PARSERS: dict[str, Callable[[ParseRequest], list[SourceItem]]] = {
     "coco-karpathy": lambda req: parse_karpathy(req, "coco"),
     "coco-captions": parse_coco_captions,
@@ -30,9 +36,12 @@ PARSERS: dict[str, Callable[[ParseRequest], list[SourceItem]]] = {
     "msrvtt-qa": parse_msrvtt_qa,
     "didemo": parse_didemo,
     "shapes": _shapes,
+    "scenes": _scenes,
 }
 
 FORMATS = tuple(PARSERS)
+# Formats that draw their samples from a seed (--domain, --num-samples, --task-set) instead of reading media.
+SYNTHETIC_FORMATS = ("shapes", "scenes")
 
 
 def parse(format_name: str, req: ParseRequest) -> list[SourceItem]:
@@ -47,6 +56,7 @@ def parse(format_name: str, req: ParseRequest) -> list[SourceItem]:
 __all__ = [
     "FORMATS",
     "PARSERS",
+    "SYNTHETIC_FORMATS",
     "AnnotationError",
     "ParseRequest",
     "ShardError",
