@@ -92,7 +92,11 @@ class MethodConfig:
     unfreeze: list[str] = _help("Extra module-name regexes to train (e.g. `itm_head`).", factory=list)
     lora_alpha: float = _help("LoRA alpha (scaling alpha/r) for the `lora` baseline.", 16.0)
     lora_dropout: float = _help("LoRA dropout for the `lora` baseline.", 0.0)
-    train_temperature: bool = _help("Train the ITC temperature (retrieval).", True)
+    train_temperature: bool = _help(
+        "Train the ITC temperature (retrieval), at `optim.temperature_lr`, clamped to [0.001, 0.5] after each step. "
+        "It starts from an original checkpoint's learned `temp`, else 0.07.",
+        True,
+    )
 
     @property
     def uses_vcra(self) -> bool:
