@@ -17,7 +17,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import __version__
-from ..config.schema import MethodConfig
+from ..config.schema import MethodConfig, ModelConfig
+from ..models.build import resolve_tokenizer
+from ..models.processor import save_processor
 from ..models.signature import architecture_signature, config_hash
 from .prepare import has_side_network, merge_adapters, prepare_model, trainable_state_dict, unmerge_adapters
 from .qasn import QASNLayer
@@ -153,6 +155,9 @@ def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_merged_pretrained(model: nn.Module, out_dir: str | Path, tokenizer=None) -> Path:
     """Fold VCRA into the weights and write a plain HF BLIP folder (`from_pretrained` loads it, no adapters).
 
+    The folder also gets `preprocessor_config.json` and the tokenizer files, so `BlipProcessor.from_pretrained`
+    loads it too. `tokenizer=None` resolves the tokenizer from the vocabulary size (`resolve_tokenizer`: the demo
+    vocabulary, or bert-base-uncased + [DEC]/[ENC] for BLIP's), and fails before writing anything when it cannot.
     QASN is a side network with its own computation and cannot be folded into BLIP's weights: a model with QASN is
     refused (export the adapter instead).
     """
@@ -163,6 +168,8 @@ def save_merged_pretrained(model: nn.Module, out_dir: str | Path, tokenizer=None
         )
     if any("lora_" in n for n, _ in model.named_parameters()):
         raise ValueError("merged export of LoRA models: use peft's merge_and_unload on a PeftModel instead")
+    if tokenizer is None:
+        tokenizer = resolve_tokenizer(ModelConfig(init_from=str(out_dir)), model.config.text_config.vocab_size)
     merged_now = merge_adapters(model)
     try:
         plain = type(model)(model.config)
@@ -172,8 +179,7 @@ def save_merged_pretrained(model: nn.Module, out_dir: str | Path, tokenizer=None
             raise RuntimeError(f"merged export lost keys: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
         out = Path(out_dir)
         plain.save_pretrained(out)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out)
+        save_processor(out, plain.config, tokenizer)
     finally:
         if merged_now:
             unmerge_adapters(model)

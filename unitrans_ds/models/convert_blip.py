@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     from ..config.schema import ModelConfig  # the build module imports this one, so import it late
     from .build import ModelLoadError as LoadError  # under `python -m` this module's own class is another object
     from .build import build_from_original, config_hash
+    from .processor import blip_image_processor, save_processor
 
     cfg = ModelConfig(init_from=args.checkpoint, tokenizer=args.tokenizer)
     try:
@@ -275,8 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     model.save_pretrained(out)
     if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+        save_processor(out, model.config, tokenizer)  # tokenizer + preprocessor_config.json: BlipProcessor loads it
     else:
+        blip_image_processor(int(model.config.vision_config.image_size)).save_pretrained(out)
         print("no tokenizer saved: pass --tokenizer, or set `model.tokenizer` when loading the folder")
     print(f"wrote {type(model).__name__} (config {config_hash(model.config)}) to {out}")
 
