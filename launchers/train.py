@@ -18,6 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from unitrans_ds.config import ConfigError, load_config  # noqa: E402
+from unitrans_ds.data.manifest import check_remote_split  # noqa: E402
+from unitrans_ds.data.remote import is_remote  # noqa: E402
 from unitrans_ds.engine.ds_config import DeepSpeedConfigError  # noqa: E402
 
 
@@ -55,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         for split in ("train", "val", "test"):
             folder = getattr(cfg.data, f"{split}_shards")
-            if folder and not (Path(folder) / "manifest.json").is_file():
+            if folder and is_remote(folder):
+                check_remote_split(f"data.{split}_shards", folder)
+            elif folder and not (Path(folder) / "manifest.json").is_file():
                 raise ConfigError(
                     f"data.{split}_shards: {folder} holds no manifest.json; build the shards with "
                     "`python -m unitrans_ds.make_shards ...` (see shards/README.md) or fix the path"
