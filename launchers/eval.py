@@ -23,14 +23,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from unitrans_ds.cli import ArgumentParser  # noqa: E402
 from unitrans_ds.config import ConfigError, load_config  # noqa: E402
+from unitrans_ds.config.help import config_help  # noqa: E402
 
 log = logging.getLogger("unitrans_ds.eval")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, prog="launchers/eval.py"
+    p = ArgumentParser(  # also accepts the hyphenated spellings, e.g. --ds-config (unitrans_ds.cli)
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="launchers/eval.py",
+        epilog=config_help(),
     )
     p.add_argument("--config", default=None, help="experiment YAML (configs/*.yaml, or a run's config.yaml)")
     p.add_argument("--adapter", default=None, help="adapter folder (adapter_config.json + adapter_model.safetensors)")

@@ -4,7 +4,8 @@
 
 With no --config the embedded default runs: UniTrans retrieval on shards/demo with a tiny BLIP, offline.
 Settings layer as defaults <- YAML <- dotted overrides (e.g. `optim.lr=1e-4 train.max_steps=50`).
-Also runs as a plain `python launchers/train.py ...` (one rank).
+Also runs as a plain `python launchers/train.py ...` (one rank). When DeepSpeed's port 29500 is taken (EADDRINUSE):
+`deepspeed --master_port 29501 launchers/train.py ...`. Hyphenated flags (`--ds-config`) are accepted too.
 """
 
 from __future__ import annotations
@@ -17,15 +18,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from unitrans_ds.cli import ArgumentParser  # noqa: E402
 from unitrans_ds.config import ConfigError, load_config  # noqa: E402
+from unitrans_ds.config.help import config_help  # noqa: E402
 from unitrans_ds.data.manifest import check_remote_split  # noqa: E402
 from unitrans_ds.data.remote import is_remote  # noqa: E402
 from unitrans_ds.engine.ds_config import DeepSpeedConfigError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, prog="launchers/train.py"
+    p = ArgumentParser(  # also accepts the hyphenated spellings, e.g. --ds-config (unitrans_ds.cli)
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="launchers/train.py",
+        epilog=config_help(),
     )
     p.add_argument(
         "--ds_config",

@@ -13,7 +13,6 @@ Command line (who calls it: a user preparing a backbone once, then pointing `mod
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import re
@@ -25,6 +24,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 from transformers import BlipConfig
+
+from ..cli import ArgumentParser
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ def blip_config_from_state_dict(
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: convert one original checkpoint into a `save_pretrained` folder (+ tokenizer when it is known)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m unitrans_ds.models.convert_blip",
         description="Convert an original Salesforce BLIP / LAVIS .pth checkpoint to a HuggingFace BlipFor* folder.",
     )

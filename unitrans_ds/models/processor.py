@@ -17,6 +17,7 @@ try:  # transformers 5: the PIL backend, which needs no torchvision; it saves it
 except ImportError:  # transformers 4
     from transformers import BlipImageProcessor
 
+from ..cli import ArgumentParser
 from ..data.transforms import CLIP_MEAN, CLIP_STD
 
 PREPROCESSOR_NAME = "preprocessor_config.json"
@@ -68,11 +69,10 @@ def save_processor(folder: str | Path, config: PretrainedConfig, tokenizer: PreT
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: complete BLIP folders written before processor files were written (`config.json` + tokenizer files)."""
-    import argparse
 
     from transformers import BlipConfig
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m unitrans_ds.models.processor",
         description="Write preprocessor_config.json (image size from config.json, BLIP's mean/std) into BLIP folders.",
     )
