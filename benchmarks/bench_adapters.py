@@ -48,6 +48,7 @@ from common import (  # noqa: E402  (the script's folder is put on the path firs
 
 from unitrans_ds.adapters import merge_adapters, parameter_report, prepare_model, save_adapter  # noqa: E402
 from unitrans_ds.adapters.export import WEIGHTS_NAME  # noqa: E402
+from unitrans_ds.cli import ArgumentParser  # noqa: E402
 from unitrans_ds.config import build_config  # noqa: E402
 from unitrans_ds.models.tiny import demo_tokenizer  # noqa: E402
 from unitrans_ds.tasks import build_task  # noqa: E402
@@ -61,15 +62,15 @@ TASK_CLASSES = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=2, help="Image-text pairs per step (default 2).")
     p.add_argument(
-        "--image-size", type=int, default=224, help="Image size in px (BLIP retrieval uses 384; default 224)."
+        "--image_size", type=int, default=224, help="Image size in px (BLIP retrieval uses 384; default 224)."
     )
     p.add_argument("--rank", type=int, default=64, help="Rank of VCRA / LoRA (default 64, the paper's ~0.19M).")
     p.add_argument("--repeats", type=int, default=3, help="Timed rounds per variant (default 3).")
     p.add_argument(
-        "--inference-repeats",
+        "--inference_repeats",
         type=int,
         default=8,
         help="Timed rounds per variant in part 2 (default 8: forwards are short, noise on a shared machine is not).",
@@ -83,14 +84,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["unitrans"],
         help="Methods timed against the baseline in part 1 (default unitrans; `vcra` etc. split its overhead).",
     )
-    p.add_argument("--skip-training", action="store_true", help="Skip part 1 (training overhead).")
-    p.add_argument("--skip-inference", action="store_true", help="Skip part 2 (merged inference).")
+    p.add_argument("--skip_training", action="store_true", help="Skip part 1 (training overhead).")
+    p.add_argument("--skip_inference", action="store_true", help="Skip part 2 (merged inference).")
     add_json_arg(p, __file__)
     args = p.parse_args(argv)
     if args.batch < 2:
         p.error("--batch must be at least 2: ITM needs another pair of the batch as its hard negative")
     if args.image_size % 16:
-        p.error(f"--image-size must be a multiple of the ViT patch size 16, got {args.image_size}")
+        p.error(f"--image_size must be a multiple of the ViT patch size 16, got {args.image_size}")
     return args
 
 

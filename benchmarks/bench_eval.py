@@ -1,16 +1,16 @@
 """Benchmark the evaluators on the BLIP-base architecture (random weights, CPU), in one run of a few minutes.
 
-    python benchmarks/bench_eval.py [--images 8] [--image-size 384] [--k-test 2] [--repeats 3]
+    python benchmarks/bench_eval.py [--images 8] [--image_size 384] [--k_test 2] [--repeats 3]
 
 1. Retrieval evaluation throughput: `evaluate_retrieval` (ViT, text encoder, ITC, ITM re-ranking of the top
-   k_test per query, metrics, output files) on synthetic `shapes` shards at `--image-size` px with 4 captions per
+   k_test per query, metrics, output files) on synthetic `shapes` shards at `--image_size` px with 4 captions per
    image, a UniTrans model (VCRA + QASN) merged for inference. Reports queries/s (image + text queries) and ITM
    pairs/s, plus the wall time of each step.
 2. Merged vs unmerged inference: the same ViT forward (`image_embed`) and ITM forward (`itm_logits`) timed for the
    frozen model, UniTrans with VCRA merged into the weights (QASN still runs), and UniTrans unmerged. Runs are
    interleaved, on one thread, in CPU seconds (not wall time), because the CPU may be shared. Goal: merged / frozen = 1.00 within noise.
 
-The defaults fit a 2-core CPU in about 3 minutes; on a GPU or a bigger CPU raise --images and --k-test (SPEC
+The defaults fit a 2-core CPU in about 3 minutes; on a GPU or a bigger CPU raise --images and --k_test (SPEC
 values: k_test 256 COCO, 128 Flickr30K).
 """
 
@@ -33,6 +33,7 @@ from transformers import BlipConfig, BlipForImageTextRetrieval  # noqa: E402
 
 from unitrans_ds import make_shards  # noqa: E402
 from unitrans_ds.adapters import prepare_model  # noqa: E402
+from unitrans_ds.cli import ArgumentParser  # noqa: E402
 from unitrans_ds.config import build_config  # noqa: E402
 from unitrans_ds.evaluation import eval_loader, evaluate_retrieval, inference_mode  # noqa: E402
 from unitrans_ds.evaluation.retrieval import token_store_estimate  # noqa: E402
@@ -41,14 +42,14 @@ from unitrans_ds.tasks import build_task  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=8, help="images in the retrieval pool (4 captions each)")
-    p.add_argument("--image-size", type=int, default=384, help="image side in pixels (BLIP retrieval: 384)")
-    p.add_argument("--k-test", type=int, default=2, help="ITM re-ranked candidates per query")
+    p.add_argument("--image_size", type=int, default=384, help="image side in pixels (BLIP retrieval: 384)")
+    p.add_argument("--k_test", type=int, default=2, help="ITM re-ranked candidates per query")
     p.add_argument("--rank", type=int, default=64, help="VCRA / QASN rank r")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per variant in the merged/unmerged test")
-    p.add_argument("--timing-images", type=int, default=1, help="images per ViT forward in the merged/unmerged test")
-    p.add_argument("--timing-pairs", type=int, default=4, help="pairs per ITM forward in the merged/unmerged test")
+    p.add_argument("--timing_images", type=int, default=1, help="images per ViT forward in the merged/unmerged test")
+    p.add_argument("--timing_pairs", type=int, default=4, help="pairs per ITM forward in the merged/unmerged test")
     add_json_arg(p, __file__)
     return p.parse_args(argv)
 
@@ -155,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         shards = Path(tmp) / "test"
         make_shards.main(
-            ["--format", "shapes", "--domain", "b", "--split", "test", "--num-samples", str(args.images),
-             "--shard-size", str(args.images), "--image-size", str(args.image_size), "--workers", "1",
-             "--out", str(shards), "--no-progress"]
+            ["--format", "shapes", "--domain", "b", "--split", "test", "--num_samples", str(args.images),
+             "--shard_size", str(args.images), "--image_size", str(args.image_size), "--workers", "1",
+             "--out", str(shards), "--no_progress"]
         )  # fmt: skip
         result = {"machine": machine_line(), "args": {k: str(v) for k, v in vars(args).items()}}
         result["retrieval"] = bench_retrieval(args, shards, Path(tmp) / "out")

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (  # noqa: E402  (the script's folder is put on the path first)
     Timings,
     add_json_arg,
@@ -40,14 +41,16 @@ from common import (  # noqa: E402  (the script's folder is put on the path firs
     write_results,
 )
 
+from unitrans_ds.cli import ArgumentParser  # noqa: E402
+
 METHODS = ("unitrans", "full", "lora")
 WAYS = ("direct", "zero2")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=32, help="Image-text pairs per step on the GPU (default 32).")
-    p.add_argument("--image-size", type=int, default=384, help="Image size in px (default 384, BLIP retrieval).")
+    p.add_argument("--image_size", type=int, default=384, help="Image size in px (default 384, BLIP retrieval).")
     p.add_argument("--rank", type=int, default=64, help="Rank of VCRA / LoRA (default 64).")
     p.add_argument("--rounds", type=int, default=5, help="Interleaved timed rounds per method (default 5).")
     p.add_argument("--steps", type=int, default=4, help="Steps per method per round (default 4).")

@@ -36,6 +36,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from unitrans_ds.cli import ArgumentParser
 from unitrans_ds.data.loaders import build_train_loader
 from unitrans_ds.data.randaugment import RandAugment
 from unitrans_ds.data.transforms import CLIP_MEAN, CLIP_STD, TrainTransform, normalize_batch, random_resized_crop_box
@@ -174,13 +175,13 @@ def measure(make_iter, passes: int, desc: str) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=200, help="How many 640x480 JPEGs to make.")
     ap.add_argument("--size", type=int, default=384, help="Output image size (px).")
     ap.add_argument("--batch", type=int, default=16, help="Batch size.")
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers for every loader (0 = main process).")
     ap.add_argument("--passes", type=int, default=3, help="Full passes over the images per loader.")
-    ap.add_argument("--per-shard", type=int, default=50, help="Images per shard.")
+    ap.add_argument("--per_shard", type=int, default=50, help="Images per shard.")
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Folder of photos to cut images from.")
     ap.add_argument("--seed", type=int, default=0, help="Seed for image making and loader randomness.")
     add_json_arg(ap, __file__)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_make_shards.py [--images 200] [--clips 8] [--workers 1 2]
 
 Images: generated 640x480 JPEGs (quality 90, ~COCO's file sizes) in a temporary folder, converted as
-coco-karpathy, once keeping the original bytes and once with `--max-side 384` (decode + resize + re-encode).
+coco-karpathy, once keeping the original bytes and once with `--max_side 384` (decode + resize + re-encode).
 Video: the real 10.4 s, 426x240 clip (tests/fixtures/make_shards/video/flipping_a_pancake.mkv) copied `--clips`
 times and converted as MSR-VTT with 16 frames; frames/s counts stored frames, and decoded frames/s all frames
 decoded (the clip's header has no frame count, so each clip is decoded twice: a count pass and a pick pass).
@@ -23,6 +23,7 @@ from common import add_json_arg, machine_line, write_results  # (run as a script
 from PIL import Image
 from tqdm import tqdm
 
+from unitrans_ds.cli import ArgumentParser
 from unitrans_ds.data.shard_writer import ShardJob, make_shards
 
 CLIP = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "make_shards" / "video" / "flipping_a_pancake.mkv"
@@ -64,7 +65,7 @@ def timed(job: ShardJob) -> tuple[float, dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=200, help="COCO-sized JPEGs to convert (default 200).")
     p.add_argument("--clips", type=int, default=8, help="Copies of the real clip to convert (default 8).")
     p.add_argument("--frames", type=int, default=16, help="Frames stored per clip (default 16).")
@@ -84,7 +85,7 @@ def main() -> None:
                 job = ShardJob("coco-karpathy", out, annotations=ann, media_root=root / "coco", shard_size=100,
                                max_side=max_side, workers=workers, progress=False)  # fmt: skip
                 seconds, manifest = timed(job)
-                what = "original bytes" if max_side is None else f"--max-side {max_side}"
+                what = "original bytes" if max_side is None else f"--max_side {max_side}"
                 print(f"images  workers={workers} {what:>16}: {manifest['total_samples'] / seconds:7.1f} images/s")
                 result["runs"].append(
                     {"kind": "images", "workers": workers, "max_side": max_side,

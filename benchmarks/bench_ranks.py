@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (  # noqa: E402  (the script's folder is put on the path first)
     Timings,
     add_json_arg,
@@ -42,14 +43,16 @@ from common import (  # noqa: E402  (the script's folder is put on the path firs
     write_results,
 )
 
+from unitrans_ds.cli import ArgumentParser  # noqa: E402
+
 MODES = ("1 rank", "2 ranks")
 WORLD = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=2, help="Image-text pairs per rank per step (default 2).")
-    p.add_argument("--image-size", type=int, default=224, help="Image size in px (default 224).")
+    p.add_argument("--image_size", type=int, default=224, help="Image size in px (default 224).")
     p.add_argument("--rank", type=int, default=64, help="Adapter rank (default 64).")
     p.add_argument("--method", default="unitrans", help="Method to train (default unitrans).")
     p.add_argument("--model", choices=["base", "tiny"], default="base", help="BLIP-base or the tiny demo model.")

@@ -8,7 +8,7 @@ One full optimizer step of the retrieval task, as the trainer does it without De
 - Step time: every method's model lives in this one process and the steps run interleaved (see `common.py`);
   reported as ratios (median of per-round ratios).
 - Peak memory: each method in its own fresh process (this script with `--child METHOD`): build the model,
-  prepare it, build task and optimizer, then clear the RSS high-water mark and run `--memory-steps` steps
+  prepare it, build task and optimizer, then clear the RSS high-water mark and run `--memory_steps` steps
   (AdamW allocates its state in the first). Reported net of that model-building baseline: peak VmHWM during
   the steps minus VmRSS before them, i.e. activations, gradients and optimizer state.
 
@@ -45,6 +45,7 @@ from common import (  # noqa: E402  (the script's folder is put on the path firs
 )
 
 from unitrans_ds.adapters import prepare_model  # noqa: E402
+from unitrans_ds.cli import ArgumentParser  # noqa: E402
 from unitrans_ds.config import build_config  # noqa: E402
 from unitrans_ds.engine.optim import build_optimizer  # noqa: E402
 from unitrans_ds.models.tiny import demo_tokenizer  # noqa: E402
@@ -56,15 +57,15 @@ GOALS = {"time_vs_full": 0.75, "memory_vs_full": 0.6, "vs_lora": 1.1}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=2, help="Image-text pairs per step (default 2).")
     p.add_argument(
-        "--image-size", type=int, default=224, help="Image size in px (BLIP retrieval uses 384; default 224)."
+        "--image_size", type=int, default=224, help="Image size in px (BLIP retrieval uses 384; default 224)."
     )
     p.add_argument("--rank", type=int, default=64, help="Rank of VCRA / LoRA (default 64).")
     p.add_argument("--repeats", type=int, default=3, help="Timed rounds per method (default 3).")
     p.add_argument("--warmup", type=int, default=1, help="Untimed steps per method first (default 1).")
-    p.add_argument("--memory-steps", type=int, default=2, help="Steps per memory child (default 2).")
+    p.add_argument("--memory_steps", type=int, default=2, help="Steps per memory child (default 2).")
     p.add_argument(
         "--methods",
         nargs="+",
@@ -73,17 +74,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Methods to compare (default: unitrans full lora). `unitrans+ckpt` adds gradient checkpointing.",
     )
     add_machine_args(p)
-    p.add_argument("--skip-memory", action="store_true", help="Only time the steps.")
-    p.add_argument("--skip-timing", action="store_true", help="Only measure peak memory.")
+    p.add_argument("--skip_memory", action="store_true", help="Only time the steps.")
+    p.add_argument("--skip_timing", action="store_true", help="Only measure peak memory.")
     add_json_arg(p, __file__)
     p.add_argument("--child", choices=METHODS, default=None, help=argparse.SUPPRESS)  # internal: one memory run
     args = p.parse_args(argv)
     if args.batch < 2:
         p.error("--batch must be at least 2: ITM needs another pair of the batch as its hard negative")
     if args.image_size % 16:
-        p.error(f"--image-size must be a multiple of the ViT patch size 16, got {args.image_size}")
+        p.error(f"--image_size must be a multiple of the ViT patch size 16, got {args.image_size}")
     if args.memory_steps < 1:
-        p.error("--memory-steps must be at least 1")
+        p.error("--memory_steps must be at least 1")
     return args
 
 
@@ -157,14 +158,14 @@ def measure_memory(args) -> dict[str, dict]:
             method,
             "--batch",
             str(args.batch),
-            "--image-size",
+            "--image_size",
             str(args.image_size),
             "--rank",
             str(args.rank),
-            "--memory-steps",
+            "--memory_steps",
             str(args.memory_steps),
             *(["--threads", str(args.threads)] if args.threads else []),
-            *(["--keep-denormals"] if args.keep_denormals else []),
+            *(["--keep_denormals"] if args.keep_denormals else []),
         ]
         out[method] = run_json_child(argv)
     return out

@@ -6,7 +6,7 @@
    8 frames at 224 px): the activation-memory estimate the trainer prints, and the measured peak resident
    memory of one training step, each measured in a fresh subprocess (peak RSS only grows within a process).
 
-    python benchmarks/bench_video.py [--frames 8] [--batch 8] [--repeats 5] [--base-batch 8] [--skip-base]
+    python benchmarks/bench_video.py [--frames 8] [--batch 8] [--repeats 5] [--base_batch 8] [--skip_base]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from common import add_json_arg, machine_line, write_results  # noqa: E402  (run as a script: its folder is on the path)
 
 from unitrans_ds.adapters import prepare_model  # noqa: E402
+from unitrans_ds.cli import ArgumentParser  # noqa: E402
 from unitrans_ds.config import build_config, load_config  # noqa: E402
 from unitrans_ds.engine.memory import describe  # noqa: E402
 from unitrans_ds.engine.optim import build_optimizer  # noqa: E402
@@ -122,12 +123,12 @@ def base_video_step(batch: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--base-batch", type=int, default=8, help="micro batch of the BLIP-base video step (config: 8)")
-    p.add_argument("--skip-base", action="store_true", help="skip the BLIP-base memory measurement")
+    p.add_argument("--base_batch", type=int, default=8, help="micro batch of the BLIP-base video step (config: 8)")
+    p.add_argument("--skip_base", action="store_true", help="skip the BLIP-base memory measurement")
     p.add_argument("--_base_child", type=int, default=None, help=argparse.SUPPRESS)
     add_json_arg(p, __file__)
     args = p.parse_args()

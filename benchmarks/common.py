@@ -46,7 +46,7 @@ class Timings:
 
 
 def add_machine_args(p) -> None:
-    """`--threads` and `--keep-denormals`, shared by the model benchmarks (see README: measuring on a shared CPU)."""
+    """`--threads` and `--keep_denormals`, shared by the model benchmarks (see README: measuring on a shared CPU)."""
     p.add_argument(
         "--threads",
         type=int,
@@ -55,7 +55,7 @@ def add_machine_args(p) -> None:
         "the CPU-time ratios are the least noisy.",
     )
     p.add_argument(
-        "--keep-denormals",
+        "--keep_denormals",
         action="store_true",
         help="Compute with subnormal floats (slow on x86; the random init produces many). Default: flush to zero.",
     )
@@ -229,7 +229,7 @@ def flush_denormals(keep: bool = False) -> bool:
     compute on them many times slower (measured here: a UniTrans step took 3.3x the CPU time without flushing).
     Full fine-tuning moves the weights out of that regime after a step or two and the adapters do not, so without
     flushing the comparison measures the random init, not the methods. Trained checkpoints are not expected to
-    sit in that regime; pass `keep` (`--keep-denormals`) to measure with IEEE subnormals anyway.
+    sit in that regime; pass `keep` (`--keep_denormals`) to measure with IEEE subnormals anyway.
     """
     return bool(torch.set_flush_denormal(not keep)) and not keep
 

@@ -1,9 +1,9 @@
 """The dry run of every paper config, one after another, each in a fresh process, and the table of what it saw.
 
-    python benchmarks/dry_run_all.py [--configs coco_retrieval vqav2 ...] [--reuse] [--ds-config ds_configs/zero2.json]
+    python benchmarks/dry_run_all.py [--configs coco_retrieval vqav2 ...] [--reuse] [--ds_config ds_configs/zero2.json]
 
 Each config runs exactly as docs/reproducing.md says: `python launchers/train.py --config configs/NAME.yaml
---dry-run` (a fresh process, so peak memory is that config's own). `--reuse` keeps a config's earlier
+--dry_run` (a fresh process, so peak memory is that config's own). `--reuse` keeps a config's earlier
 `runs/dry_run/NAME/dry_run.json` instead of running it again. Results: `benchmarks/results/dry_run_all.json` and a
 markdown table on stdout (and in `benchmarks/results/dry_run_all.md`).
 """
@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from unitrans_ds.cli import ArgumentParser  # noqa: E402
+
 PAPER_CONFIGS = (
     "coco_retrieval",
     "flickr30k_retrieval",
@@ -35,7 +38,7 @@ def run_one(name: str, ds_config: str, reuse: bool) -> dict:
     out = ROOT / "runs" / "dry_run" / name / "dry_run.json"
     if not (reuse and out.is_file()):
         cmd = [sys.executable, "launchers/train.py", "--ds_config", ds_config, "--config", f"configs/{name}.yaml",
-               "--dry-run"]  # fmt: skip
+               "--dry_run"]  # fmt: skip
         print("$ " + " ".join(cmd[1:]), flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, check=False)
@@ -105,9 +108,9 @@ def plan_tables() -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=list(PAPER_CONFIGS), choices=PAPER_CONFIGS)
-    p.add_argument("--ds-config", default="ds_configs/zero2.json")
+    p.add_argument("--ds_config", default="ds_configs/zero2.json")
     p.add_argument("--reuse", action="store_true", help="keep earlier runs/dry_run/NAME/dry_run.json results")
     p.add_argument("--plan", action="store_true", help="only print the estimate tables (fit per GPU, GPU-hours)")
     args = p.parse_args()

@@ -23,14 +23,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from unitrans_ds.cli import ArgumentParser  # noqa: E402
 from unitrans_ds.config import ConfigError, load_config  # noqa: E402
+from unitrans_ds.config.help import config_help  # noqa: E402
 
 log = logging.getLogger("unitrans_ds.eval")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, prog="launchers/eval.py"
+    p = ArgumentParser(  # also accepts the hyphenated spellings, e.g. --ds-config (unitrans_ds.cli)
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="launchers/eval.py",
+        epilog=config_help(),
     )
     p.add_argument("--config", default=None, help="experiment YAML (configs/*.yaml, or a run's config.yaml)")
     p.add_argument("--adapter", default=None, help="adapter folder (adapter_config.json + adapter_model.safetensors)")
@@ -125,6 +130,8 @@ def log_to_mlflow(cfg, args, rank: int, out: Path, metrics: dict[str, float], st
 def run(args: argparse.Namespace) -> dict[str, float]:
     from unitrans_ds.adapters import read_adapter_config
     from unitrans_ds.config import save_config
+    from unitrans_ds.data.manifest import check_remote_split
+    from unitrans_ds.data.remote import is_remote
     from unitrans_ds.evaluation import evaluate
     from unitrans_ds.tasks import build_task
 
@@ -132,7 +139,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     split_dir = getattr(cfg.data, f"{args.split}_shards")
     if not split_dir:
         raise ConfigError(f"data.{args.split}_shards is null: give the folder of the {args.split} shards")
-    if not (Path(split_dir) / "manifest.json").is_file():
+    if is_remote(split_dir):
+        check_remote_split(f"data.{args.split}_shards", split_dir)
+    elif not (Path(split_dir) / "manifest.json").is_file():
         raise ConfigError(
             f"data.{args.split}_shards: {split_dir} holds no manifest.json; build the shards with "
             "`python -m unitrans_ds.make_shards ...` (see shards/README.md) or fix the path"

@@ -4,7 +4,8 @@
 
 With no --config the embedded default runs: UniTrans retrieval on shards/demo with a tiny BLIP, offline.
 Settings layer as defaults <- YAML <- dotted overrides (e.g. `optim.lr=1e-4 train.max_steps=50`).
-Also runs as a plain `python launchers/train.py ...` (one rank).
+Also runs as a plain `python launchers/train.py ...` (one rank). When DeepSpeed's port 29500 is taken (EADDRINUSE):
+`deepspeed --master_port 29501 launchers/train.py ...`. Hyphenated flags (`--ds-config`) are accepted too.
 """
 
 from __future__ import annotations
@@ -17,14 +18,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from unitrans_ds.cli import ArgumentParser  # noqa: E402
 from unitrans_ds.config import ConfigError, load_config  # noqa: E402
+from unitrans_ds.config.help import config_help  # noqa: E402
+from unitrans_ds.data.manifest import check_remote_split  # noqa: E402
+from unitrans_ds.data.remote import is_remote  # noqa: E402
 from unitrans_ds.engine.distributed import shutdown_distributed  # noqa: E402
 from unitrans_ds.engine.ds_config import DeepSpeedConfigError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, prog="launchers/train.py"
+    p = ArgumentParser(  # also accepts the hyphenated spellings, e.g. --ds-config (unitrans_ds.cli)
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="launchers/train.py",
+        epilog=config_help(),
     )
     p.add_argument(
         "--ds_config",
@@ -40,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="resume from the latest checkpoint of the run folder (or of a given run folder)",
     )
     p.add_argument(
-        "--dry-run",
+        "--dry_run",
         nargs="?",
         type=int,
         const=2,
@@ -73,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         for split in ("train", "val", "test"):
             folder = getattr(cfg.data, f"{split}_shards")
-            if folder and not (Path(folder) / "manifest.json").is_file():
+            if folder and is_remote(folder):
+                check_remote_split(f"data.{split}_shards", folder)
+            elif folder and not (Path(folder) / "manifest.json").is_file():
                 raise ConfigError(
                     f"data.{split}_shards: {folder} holds no manifest.json; build the shards with "
                     "`python -m unitrans_ds.make_shards ...` (see shards/README.md) or fix the path"

@@ -8,8 +8,8 @@ PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo py
 SEED=0
 
 make() {  # domain task_set split num_samples shard_size
-    "$PYTHON" -m unitrans_ds.make_shards --format shapes --domain "$1" --task-set "$2" --split "$3" \
-        --num-samples "$4" --shard-size "$5" --frames 8 --image-size 64 --seed "$SEED" \
+    "$PYTHON" -m unitrans_ds.make_shards --format shapes --domain "$1" --task_set "$2" --split "$3" \
+        --num_samples "$4" --shard_size "$5" --frames 8 --image_size 64 --seed "$SEED" \
         --workers "${WORKERS:-2}" --overwrite --out "shards/demo/$2_$1/$3"
 }
 

@@ -10,9 +10,9 @@ SEED="${SEED:-0}"
 OUT="${OUT:-shards/scenes}"
 
 make() {  # domain task_set split num_samples shard_size
-    "$PYTHON" -m unitrans_ds.make_shards --format scenes --domain "$1" --task-set "$2" --split "$3" \
-        --num-samples "$4" --shard-size "$5" --frames 8 --image-size 64 --seed "$SEED" \
-        --workers "${WORKERS:-2}" --overwrite --no-progress --out "$OUT/$2_$1/$3"
+    "$PYTHON" -m unitrans_ds.make_shards --format scenes --domain "$1" --task_set "$2" --split "$3" \
+        --num_samples "$4" --shard_size "$5" --frames 8 --image_size 64 --seed "$SEED" \
+        --workers "${WORKERS:-2}" --overwrite --no_progress --out "$OUT/$2_$1/$3"
 }
 
 for domain in a b; do

@@ -1,4 +1,4 @@
-"""`launchers/train.py --config configs/coco_retrieval.yaml --dry-run 1`: a paper config's real architecture
+"""`launchers/train.py --config configs/coco_retrieval.yaml --dry_run 1`: a paper config's real architecture
 (BLIP-base, 224 px checkpoint run at 384 px) through make_shards, two training steps and one evaluation, offline.
 
 BLIP-base at 384 px is slow on a small CPU, so this runs an image config with a micro batch of 1 (retrieval: its
@@ -37,13 +37,13 @@ def test_the_guide_shards_each_config_with_the_commands_the_dry_run_runs(name):
     expected = guide_commands(cfg.data.dataset, folders)
     assert sorted(folders) == sorted(c.split for c in SHARD_COMMANDS[cfg.data.dataset])
     assert set(expected) <= _guide_lines(), f"docs/reproducing.md lacks: {set(expected) - _guide_lines()}"
-    assert f"python launchers/train.py --config configs/{name}.yaml --dry-run" in GUIDE.read_text()
+    assert f"python launchers/train.py --config configs/{name}.yaml --dry_run" in GUIDE.read_text()
 
 
 @pytest.mark.slow
 def test_dry_run_of_a_paper_image_config(tmp_path):
     cmd = [sys.executable, str(ROOT / "launchers" / "train.py"), "--ds_config", str(ROOT / "ds_configs" / "zero2.json"),
-           "--config", str(ROOT / "configs" / "coco_retrieval.yaml"), "--dry-run", "1"]  # fmt: skip
+           "--config", str(ROOT / "configs" / "coco_retrieval.yaml"), "--dry_run", "1"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     work = tmp_path / "runs" / "dry_run" / "coco_retrieval"
@@ -61,7 +61,7 @@ def test_dry_run_of_a_paper_image_config(tmp_path):
 
 def test_dry_run_of_a_config_without_native_samples_is_one_clear_line(tmp_path):
     cmd = [sys.executable, str(ROOT / "launchers" / "train.py"), "--config", str(ROOT / "configs" / "demo_retrieval.yaml"),
-           "--dry-run"]  # fmt: skip
+           "--dry_run"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "error: data.dataset='shapes-b': the dry run writes samples for coco, didemo, flickr30k" in proc.stderr

@@ -64,9 +64,9 @@ def test_file_holds_only_trainable_state(tmp_path):
     assert all(any(tag in k for tag in (".vcra_", ".qasn_", "unitrans.")) for k in tensors)
     assert "unitrans.banks.enc.A" in tensors  # trainable shared matrices are saved ...
     meta = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert meta["method"]["name"] == "unitrans" and meta["rank"] == 4 and meta["base_model"] == "tiny"
-    assert meta["model_class"] == "BlipForImageTextRetrieval" and len(meta["base_config_hash"]) == 16
-    assert meta["unitrans_ds_version"]
+    assert meta["method"] == "unitrans" and meta["r"] == 4 and meta["base_model_name_or_path"] == "tiny"
+    assert meta["base_model_class"] == "BlipForImageTextRetrieval" and len(meta["base_config_hash"]) == 16
+    assert meta["unitrans_ds_version"] and meta["format_version"] == 2
 
     frozen_dir = tmp_path / "frozen"
     m2 = make_tiny("retrieval")

@@ -433,7 +433,7 @@ def test_arguments_the_format_never_reads_are_refused(tmp_path, capsys):
         )
         == 2
     )
-    assert "--max-side not used by --format shapes" in capsys.readouterr().err
+    assert "--max_side not used by --format shapes" in capsys.readouterr().err
     ann = FORMATS / "blip_flickr30k_test_records.json"
     assert (
         run("--format", "flickr30k-karpathy", "--annotations", str(ann), "--domain", "b", "--out", str(tmp_path / "p"))

@@ -35,12 +35,12 @@ def majority(question: dict) -> str:
 
 
 def make(out, *extra: str) -> int:
-    return main(["--format", "scenes", "--out", str(out), "--no-progress", *extra])
+    return main(["--format", "scenes", "--out", str(out), "--no_progress", *extra])
 
 
 def test_shards_do_not_depend_on_worker_count(tmp_path):
     for task_set, n in (("image", "13"), ("video", "5")):
-        common = ["--domain", "b", "--task-set", task_set, "--num-samples", n, "--shard-size", "4", "--frames", "4", "--seed", "7"]  # fmt: skip
+        common = ["--domain", "b", "--task_set", task_set, "--num_samples", n, "--shard_size", "4", "--frames", "4", "--seed", "7"]  # fmt: skip
         assert make(tmp_path / f"{task_set}1", *common, "--workers", "1") == 0
         assert make(tmp_path / f"{task_set}2", *common, "--workers", "2") == 0
         one, two = (sorted((tmp_path / f"{task_set}{w}").iterdir()) for w in (1, 2))
@@ -53,18 +53,18 @@ def test_shards_do_not_depend_on_worker_count(tmp_path):
 
 def test_make_shards_scenes_clips_and_errors(tmp_path, capsys):
     out = tmp_path / "v"
-    assert make(out, "--domain", "a", "--task-set", "video", "--num-samples", "3", "--frames", "6", "--split", "val") == 0  # fmt: skip
+    assert make(out, "--domain", "a", "--task_set", "video", "--num_samples", "3", "--frames", "6", "--split", "val") == 0  # fmt: skip
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["format"], manifest["frames"], manifest["total_samples"]) == ("scenes", 6, 3)
     assert manifest["tasks"] == ["retrieval", "captioning", "vqa"]
     meta = stats.read_metas(out)[0]
     assert (meta["id"], meta["num_frames"], meta["domain"], meta["dataset"]) == ("scenes-a-video-val-000000", 6, "a", "scenes-a")  # fmt: skip
-    assert make(tmp_path / "x", "--domain", "a", "--task-set", "video", "--num-samples", "3", "--frames", "1") == 2
+    assert make(tmp_path / "x", "--domain", "a", "--task_set", "video", "--num_samples", "3", "--frames", "1") == 2
     assert "--frames must be at least 2 for --format scenes clips" in capsys.readouterr().err
-    assert make(tmp_path / "y", "--num-samples", "3") == 2
+    assert make(tmp_path / "y", "--num_samples", "3") == 2
     assert "--domain must be one of a, b for --format scenes" in capsys.readouterr().err
-    assert make(tmp_path / "z", "--domain", "a", "--num-samples", "3", "--max-side", "32") == 2
-    assert "--max-side not used by --format scenes" in capsys.readouterr().err
+    assert make(tmp_path / "z", "--domain", "a", "--num_samples", "3", "--max-side", "32") == 2
+    assert "--max_side not used by --format scenes" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("task_set", ["image", "video"])
@@ -222,7 +222,7 @@ def test_domains_share_words_and_differ_in_look():
 
 def test_stats_command_prints_a_split_report(tmp_path, capsys):
     out = tmp_path / "s"
-    assert make(out, "--domain", "b", "--num-samples", "30", "--shard-size", "10") == 0
+    assert make(out, "--domain", "b", "--num_samples", "30", "--shard_size", "10") == 0
     capsys.readouterr()
     assert stats.main([str(out)]) == 0
     report = capsys.readouterr().out

@@ -10,21 +10,22 @@ import os
 import sys
 from pathlib import Path
 
+from .cli import ArgumentParser
 from .data.formats import FORMATS
 from .data.shard_writer import ShardError, ShardJob, make_shards, summary_line
 
 EPILOG = """\
 formats and their inputs:
   coco-karpathy, flickr30k-karpathy  --annotations BLIP/LAVIS Karpathy JSON (train: one row per caption;
-                                     val/test: 5 captions per row); --media-root: the image root
+                                     val/test: 5 captions per row); --media_root: the image root
   coco-captions   --annotations official captions_*.json (images + annotations)
   vqav2           --questions v2_OpenEnded_mscoco_*_questions.json [--annotations v2_mscoco_*_annotations.json];
-                  or only --annotations BLIP's vqa_*.json; --media-root holds train2014/, val2014/, ...
-  msrvtt          --annotations train_val_videodatainfo.json [--split-file 1k-A ids] or a 1k-A split jsonl;
-                  --media-root holds <video_id>.mp4
+                  or only --annotations BLIP's vqa_*.json; --media_root holds train2014/, val2014/, ...
+  msrvtt          --annotations train_val_videodatainfo.json [--split_file 1k-A ids] or a 1k-A split jsonl;
+                  --media_root holds <video_id>.mp4
   msrvtt-qa       --annotations {video_id, question, answer} records (JSON list or jsonl)
   didemo          --annotations native DiDeMo JSON; all descriptions of a video form one paragraph caption
-  shapes          synthetic: --domain a|b --num-samples N --task-set image|video [--image-size 64] --seed S
+  shapes          synthetic: --domain a|b --num_samples N --task_set image|video [--image_size 64] --seed S
                   (the world of the committed demo shards and pretrained tiny BLIPs)
   scenes          synthetic, same arguments: the richer successor world (several objects with colour, shape,
                   size, mark; relations; balanced answers; order-dependent clips, --frames >= 2); domains a and
@@ -43,7 +44,7 @@ malformed annotations, a refused output folder, or a skip under --strict.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m unitrans_ds.make_shards",
         description="Convert a data set's native annotations and media into WebDataset tar shards "
         "(one sample per image or video, with all its captions and questions).",
@@ -55,11 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", choices=("train", "val", "test"), help="Split name (default train).")
     p.add_argument("--annotations", type=Path, help="Annotation file in the format's native layout.")
     p.add_argument("--questions", type=Path, help="vqav2: the official questions file.")
-    p.add_argument("--split-file", type=Path, help="msrvtt: video ids of the split (e.g. 1k-A), one per line or jsonl.")
-    p.add_argument("--media-root", type=Path, help="Folder the annotation's image or video paths are relative to.")
-    p.add_argument("--shard-size", type=int, default=1000, help="Samples per shard (default 1000).")
+    p.add_argument("--split_file", type=Path, help="msrvtt: video ids of the split (e.g. 1k-A), one per line or jsonl.")
+    p.add_argument("--media_root", type=Path, help="Folder the annotation's image or video paths are relative to.")
+    p.add_argument("--shard_size", type=int, default=1000, help="Samples per shard (default 1000).")
     p.add_argument(
-        "--max-side", type=int, help="Shrink images/frames whose longer side exceeds this (re-encodes JPEG 95)."
+        "--max_side", type=int, help="Shrink images/frames whose longer side exceeds this (re-encodes JPEG 95)."
     )
     p.add_argument("--frames", type=int, default=16, help="Frames per video clip, at segment centres (default 16).")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="Conversion processes.")
@@ -67,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="Replace the shards already in --out.")
     p.add_argument("--seed", type=int, default=0, help="shapes, scenes: seed of the synthetic data (default 0).")
     p.add_argument("--domain", choices=("a", "b"), help="shapes, scenes: the domain (look; and for shapes, words).")
-    p.add_argument("--num-samples", type=int, help="shapes, scenes: images or clips to make.")
-    p.add_argument("--task-set", default="image", choices=("image", "video"), help="shapes, scenes: images or clips.")
-    p.add_argument("--image-size", type=int, default=64, help="shapes, scenes: image side in pixels (default 64).")
-    p.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    p.add_argument("--num_samples", type=int, help="shapes, scenes: images or clips to make.")
+    p.add_argument("--task_set", default="image", choices=("image", "video"), help="shapes, scenes: images or clips.")
+    p.add_argument("--image_size", type=int, default=64, help="shapes, scenes: image side in pixels (default 64).")
+    p.add_argument("--no_progress", action="store_true", help="Hide the progress bar.")
     return p
 
 

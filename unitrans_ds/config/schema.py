@@ -113,9 +113,17 @@ class MethodConfig:
 
 @dataclass
 class DataConfig:
-    train_shards: str = _help("Folder of training shards (with manifest.json).", "shards/demo/image_b/train")
-    val_shards: str | None = _help("Folder of validation shards; null skips validation.", "shards/demo/image_b/val")
-    test_shards: str | None = _help("Folder of test shards; null skips the final test.", "shards/demo/image_b/test")
+    train_shards: str = _help(
+        "Training shards with their manifest.json: a folder, or an http(s)://, s3:// or pipe: location "
+        "(unitrans_ds/data/remote.py).",
+        "shards/demo/image_b/train",
+    )
+    val_shards: str | None = _help(
+        "Validation shards (as train_shards); null skips validation.", "shards/demo/image_b/val"
+    )
+    test_shards: str | None = _help(
+        "Test shards (as train_shards); null skips the final test.", "shards/demo/image_b/test"
+    )
     num_workers: int = _help("DataLoader workers per rank.", 0)
     shuffle_buffer: int = _help("Samples in the WebDataset shuffle buffer.", 256)
     resampled: bool = _help("Sample shards with replacement (infinite stream cut by with_epoch).", False)

@@ -125,7 +125,7 @@ def check_shards(manifest: Manifest, world_size: int, num_workers: int, why: str
         raise ValueError(
             f"{manifest.folder} has {len(manifest.shards)} shard(s) but {why} needs at least one per reader: "
             f"{world_size} rank(s) x {max(1, num_workers)} worker(s) = {slots}. Write the split into at least "
-            f"{slots} shards (a smaller `--shard-size` in `python -m unitrans_ds.make_shards`), or use fewer "
+            f"{slots} shards (a smaller `--shard_size` in `python -m unitrans_ds.make_shards`), or use fewer "
             f"workers (data.num_workers)" + (", or set data.resampled: true." if why == "training" else ".")
         )
 

@@ -2,7 +2,8 @@
 
 The shard writer (`unitrans_ds.make_shards`) writes `manifest.json` next to `shard-000000.tar`, ... with the
 sample, caption and question counts of each shard. The loaders never count by reading the tars: the manifest
-is the source of truth for steps per epoch and for how many evaluation items each rank will see.
+is the source of truth for steps per epoch and for how many evaluation items each rank will see. Remote splits
+(http(s)://, s3://, pipe:; see `remote`) keep their manifest.json beside the shards, read from the same place.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .remote import is_remote, location_of, read_bytes
 
 MANIFEST_NAME = "manifest.json"
 _HOW_TO_MAKE = "Write the shards with `python -m unitrans_ds.make_shards --help` (it writes manifest.json)."
@@ -19,7 +22,7 @@ _HOW_TO_MAKE = "Write the shards with `python -m unitrans_ds.make_shards --help`
 class ShardInfo:
     """One tar: its path and what it holds."""
 
-    path: Path
+    path: Path | str  # a str URL for remote shards
     samples: int
     captions: int
     questions: int
@@ -29,7 +32,7 @@ class ShardInfo:
 class Manifest:
     """The parsed manifest of one split's shards folder."""
 
-    folder: Path
+    folder: Path | str  # a str URL for remote shards
     split: str
     tasks: list[str]
     total_samples: int
@@ -55,18 +58,13 @@ def _count(shard: ShardInfo, unit: str) -> int:
     return getattr(shard, unit)
 
 
-def _need(data: dict, key: str, where: Path) -> object:
+def _need(data: dict, key: str, where: Path | str) -> object:
     if key not in data:
         raise ValueError(f"{where}: key {key!r} is missing. {_HOW_TO_MAKE}")
     return data[key]
 
 
-def read_manifest(folder: str | Path) -> Manifest:
-    """Parse `<folder>/manifest.json`, checking that every listed shard exists and the totals add up.
-
-    Raises FileNotFoundError / ValueError with a message naming the file and the fix.
-    """
-    folder = Path(folder)
+def _read_local(folder: Path) -> tuple[Path, str]:
     path = folder / MANIFEST_NAME
     if not folder.is_dir():
         raise FileNotFoundError(f"Shards folder {folder} does not exist. {_HOW_TO_MAKE}")
@@ -75,15 +73,42 @@ def read_manifest(folder: str | Path) -> Manifest:
             f"{path} not found: the loaders read sample counts from it. Run "
             f"`python -m unitrans_ds.make_shards ... --out {folder}` to (re)write the shards and their manifest."
         )
+    return path, path.read_text()
+
+
+def _read_remote(location: str) -> tuple[str, str]:
+    url = location_of(location, MANIFEST_NAME)
     try:
-        data = json.loads(path.read_text())
+        return url, read_bytes(url).decode("utf-8")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"the shards' manifest cannot be read: {err}. Check the location (it is the folder of the shards, "
+            f"holding {MANIFEST_NAME}), the network and the credentials."
+        ) from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{url} is not a UTF-8 manifest ({err}). {_HOW_TO_MAKE}") from None
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    """Parse the `manifest.json` of a shards folder or remote location (`data.remote`), checking that the totals
+    add up and, for a local folder, that every listed shard exists.
+
+    Raises FileNotFoundError / ValueError with a message naming the file and the fix.
+    """
+    remote = is_remote(folder)
+    folder = str(folder) if remote else Path(folder)
+    path, text = _read_remote(folder) if remote else _read_local(folder)
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exn:
         raise ValueError(f"{path} is not valid JSON ({exn}). {_HOW_TO_MAKE}") from exn
     shards = []
     for i, entry in enumerate(_need(data, "shards", path)):
-        where = Path(f"{path} shards[{i}]")
-        shard_path = folder / str(_need(entry, "name", where))
-        if not shard_path.is_file():
+        where = f"{path} shards[{i}]"
+        name = str(_need(entry, "name", where))
+        shard_path = location_of(folder, name) if remote else folder / name
+        # remote shards are not probed one by one here: WebDataset's reader reports and counts the ones that fail
+        if not remote and not shard_path.is_file():
             raise FileNotFoundError(f"{path} lists {shard_path.name}, which is not in {folder}. {_HOW_TO_MAKE}")
         shards.append(
             ShardInfo(
@@ -118,3 +143,13 @@ def read_manifest(folder: str | Path) -> Manifest:
                 f"{total}; the folder is inconsistent. {_HOW_TO_MAKE}"
             )
     return manifest
+
+
+def check_remote_split(key: str, location: str) -> None:
+    """Fail early, in one line naming the config key, when a remote split's manifest cannot be read."""
+    from ..config import ConfigError
+
+    try:
+        read_manifest(location)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{key}: {err}") from None

@@ -53,9 +53,9 @@ def build_items(req: ParseRequest) -> list[SourceItem]:
     if req.domain not in DOMAINS:
         raise ShardError(f"--domain must be one of {', '.join(DOMAINS)} for --format shapes, got {req.domain!r}")
     if not req.num_samples or req.num_samples < 1:
-        raise ShardError("--num-samples must be a positive number for --format shapes")
+        raise ShardError("--num_samples must be a positive number for --format shapes")
     if req.task_set not in ("image", "video"):
-        raise ShardError(f"--task-set must be image or video, got {req.task_set!r}")
+        raise ShardError(f"--task_set must be image or video, got {req.task_set!r}")
     domain_idx, split_idx = list(DOMAINS).index(req.domain), SPLITS.index(req.split)
     task_idx = 0 if req.task_set == "image" else 1
     items = []

@@ -3,7 +3,7 @@ restarting after a crash. `unitrans_ds.make_shards` is the command line over `ma
 
 Output folder
 -------------
-- `shard-000000.tar`, `shard-000001.tar`, ...: `--shard-size` samples each (the last one fewer).
+- `shard-000000.tar`, `shard-000001.tar`, ...: `--shard_size` samples each (the last one fewer).
 - `manifest.json`: `{"format", "split", "tasks": [...("retrieval", "captioning", "vqa")], "total_samples",
   "num_captions", "num_questions", "frames": F | null, "shards": [{"name", "samples", "captions", "questions",
   "sha256", "bytes"}], "skipped": int, "args": {...}, "version"}`. `args` holds the arguments that decide the
@@ -18,10 +18,10 @@ Sample (one per image or per video, carrying all of its texts)
 - `__key__`: the sample id with every character other than `[A-Za-z0-9_-]` replaced by `_` (WebDataset splits
   member names at the first dot); a repeated key gets `-2`, `-3`, ...
 - Image: the image's ORIGINAL bytes under `jpg`, `png` or `webp`, by the real format (sniffed, never trusted from
-  the file name); re-encoded as JPEG quality 95 (`jpg`) only when `--max-side` shrinks it; other formats
+  the file name); re-encoded as JPEG quality 95 (`jpg`) only when `--max_side` shrinks it; other formats
   (GIF, BMP, TIFF) are stored losslessly as `png`.
 - Video: frames `f000.jpg` ... `f{F-1:03d}.jpg` (JPEG, upright, time order; see `video_decode`).
-- `json`: `{"id": str, "image" | "video": path relative to --media-root, "dataset": str, "split": str,
+- `json`: `{"id": str, "image" | "video": path relative to --media_root, "dataset": str, "split": str,
   "domain": str | null, "captions": [str, ...], "questions": [{"question_id": int | str, "question": str,
   "answers": [str, ...] (all 10 for VQA v2, one for MSRVTT-QA), "answer_type": str | null,
   "question_type": str | null}], "image_id": int | str (the data set's own id, COCO's number when known)}`;
@@ -404,12 +404,12 @@ def _refuse_unused_args(job: ShardJob) -> None:
     """An argument the format never reads is an error, not silently ignored."""
     unused = {
         "--questions": job.questions is not None and job.format != "vqav2",
-        "--split-file": job.split_file is not None and job.format != "msrvtt",
+        "--split_file": job.split_file is not None and job.format != "msrvtt",
         "--domain": job.domain is not None and job.format not in SYNTHETIC_FORMATS,
-        "--num-samples": job.num_samples is not None and job.format not in SYNTHETIC_FORMATS,
+        "--num_samples": job.num_samples is not None and job.format not in SYNTHETIC_FORMATS,
         "--annotations": job.annotations is not None and job.format in SYNTHETIC_FORMATS,
-        "--media-root": job.media_root is not None and job.format in SYNTHETIC_FORMATS,
-        "--max-side": job.max_side is not None and job.format in SYNTHETIC_FORMATS,
+        "--media_root": job.media_root is not None and job.format in SYNTHETIC_FORMATS,
+        "--max_side": job.max_side is not None and job.format in SYNTHETIC_FORMATS,
     }
     named = [arg for arg, bad in unused.items() if bad]
     if named:
@@ -423,7 +423,7 @@ def make_shards(job: ShardJob) -> dict[str, Any]:
     `--strict`. Restartable: see the module docstring.
     """
     if job.shard_size < 1:
-        raise ShardError(f"--shard-size must be at least 1, got {job.shard_size}")
+        raise ShardError(f"--shard_size must be at least 1, got {job.shard_size}")
     if job.frames < 1:
         raise ShardError(f"--frames must be at least 1, got {job.frames}")
     _refuse_unused_args(job)

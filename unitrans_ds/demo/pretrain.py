@@ -10,7 +10,7 @@ trained from a seeded random init with `method.name=full` on `shards/demo/image_
 
 Determinism: a fixed seed drives the init, the data order and dropout; with the same code, torch version and
 thread count (`--threads`, default 1) a rerun gives bit-identical tensors. `pretrain.json` beside the weights
-records the recipe, the time taken and a sanity number (zero-shot on domain A and B val) when `--sanity`.
+records the recipe, the time taken and a sanity number (zero-shot on domain A and B val) unless `--no_sanity`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli import ArgumentParser
 from ..config import Config, load_config
 from ..config.schema import TASKS
 from ..engine.distributed import shutdown_distributed
@@ -197,7 +198,7 @@ def sanity_check(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m unitrans_ds.demo.pretrain",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -208,11 +209,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs (quick trials)")
     p.add_argument("--seed", type=int, default=0, help="init / data order / dropout seed (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads; fixed for bit-identical reruns")
-    p.add_argument("--ds-config", default="ds_configs/zero0.json", help="DeepSpeed JSON (one rank)")
-    p.add_argument("--run-root", default="runs/pretrain", help="trainer run folders (logs, config)")
+    p.add_argument("--ds_config", default="ds_configs/zero0.json", help="DeepSpeed JSON (one rank)")
+    p.add_argument("--run_root", default="runs/pretrain", help="trainer run folders (logs, config)")
     p.add_argument("--track", action="store_true", help="log the runs to MLflow (experiment unitrans-pretrain)")
     p.add_argument(
-        "--sanity", action=argparse.BooleanOptionalAction, default=True, help="zero-shot eval on A and B val after"
+        "--no_sanity", dest="sanity", action="store_false", help="skip the zero-shot eval on A and B val after"
     )
     return p.parse_args(argv)
 

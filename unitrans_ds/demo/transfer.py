@@ -1,7 +1,7 @@
 """Transfer benchmark: every method of SPEC section 7 on every demo task, over seeds, on domain B of `shapes`.
 
-    python -m unitrans_ds.demo.transfer [--methods ...] [--tasks ...] [--seeds 0 1 2] [--max-steps N | --epochs N]
-                                        [--out benchmarks/results] [--sweep-ranks 2 4 8 16 32 | --no-sweep]
+    python -m unitrans_ds.demo.transfer [--methods ...] [--tasks ...] [--seeds 0 1 2] [--max_steps N | --epochs N]
+                                        [--out benchmarks/results] [--sweep_ranks 2 4 8 16 32 | --no_sweep]
 
 Every run starts from a backbone pretrained on domain A (`python -m unitrans_ds.demo.pretrain`): image tasks from
 the task's own class, video retrieval from the retrieval model and video QA from the VQA model. Trained methods go
@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..cli import ArgumentParser
 from ..config import Config, flatten, load_config, to_dict
 from ..config.schema import METHODS
 from ..engine.distributed import shutdown_distributed
@@ -147,7 +148,7 @@ def run_config(
         "data.num_workers=0",
         f"optim.lr={lr}",
         "optim.warmup_steps=5",
-        # with --max-steps the step count decides alone (train.* caps epochs by max_steps, not the reverse)
+        # with --max_steps the step count decides alone (train.* caps epochs by max_steps, not the reverse)
         f"train.epochs={budget.epochs if not budget.max_steps else 10_000}",
         f"train.max_steps={budget.max_steps if budget.max_steps else 'null'}",
         f"train.global_batch_size={budget.batch}",
@@ -424,7 +425,7 @@ def log_summary(out: Path, tracking_uri: str | None, params: dict) -> str | None
 
 # ---------------------------------------------------------------------- command line
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m unitrans_ds.demo.transfer",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -433,22 +434,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", nargs="+", default=list(DEMO_TASKS), choices=list(DEMO_TASKS), help="demo tasks")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default: 0 1 2)")
     p.add_argument("--epochs", type=int, default=1, help="epochs per trained run (default: %(default)s)")
-    p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per run (overrides epochs)")
+    p.add_argument("--max_steps", type=int, default=None, help="cap on optimizer steps per run (overrides epochs)")
     p.add_argument("--batch", type=int, default=16, help="samples per optimizer step (default: %(default)s)")
     p.add_argument("--rank", type=int, default=16, help="adapter rank of the main table (default: %(default)s)")
     p.add_argument("--lr", type=float, default=None, help="one learning rate for every method (default: per method)")
     p.add_argument("--split", choices=("val", "test"), default="test", help="domain B split evaluated at the end")
-    p.add_argument("--sweep-ranks", nargs="+", type=int, default=[2, 4, 8, 16, 32], help="ranks of the sweep")
-    p.add_argument("--sweep-seeds", nargs="+", type=int, default=[0], help="seeds of the sweep (default: 0)")
-    p.add_argument("--no-sweep", action="store_true", help="skip the rank sweep")
+    p.add_argument("--sweep_ranks", nargs="+", type=int, default=[2, 4, 8, 16, 32], help="ranks of the sweep")
+    p.add_argument("--sweep_seeds", nargs="+", type=int, default=[0], help="seeds of the sweep (default: 0)")
+    p.add_argument("--no_sweep", action="store_true", help="skip the rank sweep")
     p.add_argument("--out", default="benchmarks/results", help="tables, runs.jsonl, plot (default: %(default)s)")
     p.add_argument("--pretrained", default="pretrained", help="folder with tiny-blip-{retrieval,captioning,vqa}/")
     p.add_argument("--shards", default="shards/demo", help="demo shards root (image_b/, video_b/)")
-    p.add_argument("--run-root", default="runs/transfer", help="trainer run folders (adapters, eval outputs)")
+    p.add_argument("--run_root", default="runs/transfer", help="trainer run folders (adapters, eval outputs)")
     p.add_argument(
-        "--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns)"
+        "--tracking_uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns)"
     )
-    p.add_argument("--ds-config", default="ds_configs/zero0.json", help="DeepSpeed JSON (one rank)")
+    p.add_argument("--ds_config", default="ds_configs/zero0.json", help="DeepSpeed JSON (one rank)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared CPU)")
     p.add_argument("--fresh", action="store_true", help="ignore (and overwrite) the runs already in runs.jsonl")
     return p.parse_args(argv)

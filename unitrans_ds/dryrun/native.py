@@ -29,12 +29,12 @@ class ShardCommand:
 
     split: str
     args: tuple[str, ...]
-    #: --shard-size for the real data: at least 100 shards, so 16 ranks x 6 loader workers all get one
+    #: --shard_size for the real data: at least 100 shards, so 16 ranks x 6 loader workers all get one
     shard_size: int
 
     def argv(self, ann: str, media: str, out: str) -> list[str]:
         filled = [a.format(ann=ann, media=media, split=self.split) for a in self.args]
-        return [*filled, "--out", out, "--shard-size", str(self.shard_size)]
+        return [*filled, "--out", out, "--shard_size", str(self.shard_size)]
 
     def shell(self, ann: str, media: str, out: str) -> str:
         return "python -m unitrans_ds.make_shards " + " ".join(self.argv(ann, media, out))
@@ -43,7 +43,7 @@ class ShardCommand:
 def _karpathy(fmt: str, prefix: str, sizes: dict[str, int]) -> list[ShardCommand]:
     return [
         ShardCommand(s, ("--format", fmt, "--split", s, "--annotations", f"{{ann}}/{prefix}_{s}.json",
-                         "--media-root", "{media}"), n)
+                         "--media_root", "{media}"), n)
         for s, n in sizes.items()
     ]  # fmt: skip
 
@@ -52,11 +52,11 @@ def _vqa(split: str, subtype: str, shard_size: int) -> ShardCommand:
     return ShardCommand(split, ("--format", "vqav2", "--split", split,
                                 "--questions", f"{{ann}}/v2_OpenEnded_mscoco_{subtype}_questions.json",
                                 "--annotations", f"{{ann}}/v2_mscoco_{subtype}_annotations.json",
-                                "--media-root", "{media}"), shard_size)  # fmt: skip
+                                "--media_root", "{media}"), shard_size)  # fmt: skip
 
 
 def _video(fmt: str, split: str, files: tuple[str, ...], shard_size: int) -> ShardCommand:
-    return ShardCommand(split, ("--format", fmt, "--split", split, *files, "--media-root", "{media}",
+    return ShardCommand(split, ("--format", fmt, "--split", split, *files, "--media_root", "{media}",
                                 "--frames", "16"), shard_size)  # fmt: skip
 
 
@@ -71,7 +71,7 @@ SHARD_COMMANDS: dict[str, list[ShardCommand]] = {
         _video(
             "msrvtt",
             "train",
-            ("--annotations", "{ann}/train_val_videodatainfo.json", "--split-file", "{ann}/msrvtt_train_9k_ids.txt"),
+            ("--annotations", "{ann}/train_val_videodatainfo.json", "--split_file", "{ann}/msrvtt_train_9k_ids.txt"),
             90,
         ),  # fmt: skip
         _video("msrvtt", "test", ("--annotations", "{ann}/msrvtt_test_1k.jsonl"), 10),

@@ -1,4 +1,4 @@
-"""`launchers/train.py --config configs/X.yaml --dry-run`: a paper config end to end on its real architecture,
+"""`launchers/train.py --config configs/X.yaml --dry_run`: a paper config end to end on its real architecture,
 without downloads.
 
 What it does, top to bottom:
@@ -76,7 +76,7 @@ def write_shards(cfg: Config, work: Path) -> dict[str, str]:
         folder = work / "shards" / cmd.split
         argv = cmd.argv(str(ann), str(media), str(folder))
         print(f"[dry-run] python -m unitrans_ds.make_shards {' '.join(argv)}", flush=True)
-        if make_shards_main([*argv, "--no-progress", "--workers", "1", "--strict"]) != 0:
+        if make_shards_main([*argv, "--no_progress", "--workers", "1", "--strict"]) != 0:
             raise ConfigError(f"make_shards failed for the {cmd.split} split of {dataset} (see the error above)")
         out[cmd.split] = str(folder)
     return out
@@ -142,8 +142,8 @@ def dry_run(config: str | None, overrides: list[str], ds_config: str, micro_batc
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world != 1:  # every rank would write the same samples and shards at once
         raise ConfigError(
-            f"--dry-run runs on one process, not {world}: start it with `python launchers/train.py --config ... "
-            "--dry-run`, not with the deepspeed launcher"
+            f"--dry_run runs on one process, not {world}: start it with `python launchers/train.py --config ... "
+            "--dry_run`, not with the deepspeed launcher"
         )
     if real.model.init_from != "tiny" and known_checkpoint(real.model.init_from) is None:
         raise ConfigError(

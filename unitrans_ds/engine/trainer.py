@@ -110,7 +110,8 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
         backbone = load_backbone(cfg.model, cfg.task, seed=cfg.train.seed)
-        self.base_name, self.tokenizer = backbone.source, backbone.tokenizer
+        # as the user gave it (hub name or the folder as the config names it): the adapter's base_model_name_or_path
+        self.base_name, self.tokenizer = cfg.model.init_from, backbone.tokenizer
         self.report = prepare_model(backbone.model, cfg.method)
         self.task = build_task(cfg, backbone.model, self.tokenizer, self.rank, self.world)
         optimizer = build_optimizer(self.task, cfg.optim)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 from ..data.loaders import EvalLoader
 from ..data.manifest import read_manifest
+from ..data.remote import open_tar
 from ..data.text import normalize_answer_text
 from ..metrics.vqa import exact_match_accuracy, vqa_accuracy, write_vqa_results
 from ..tasks.vqa import VQATask
@@ -51,7 +51,7 @@ def iter_shard_meta(folder: str | Path) -> Iterator[dict[str, Any]]:
     """
     manifest = read_manifest(folder)
     for shard in manifest.shards:
-        with tarfile.open(shard.path, mode="r:") as tar:
+        with open_tar(shard.path) as tar:  # local: seeks past the images; remote: streams
             for member in tar:
                 if member.isfile() and member.name.endswith(".json"):
                     f = tar.extractfile(member)

@@ -15,7 +15,6 @@ Command line (who calls it: a user preparing a backbone once, then pointing `mod
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import re
@@ -27,6 +26,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 from transformers import BlipConfig
+
+from ..cli import ArgumentParser
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ def blip_config_from_state_dict(
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: convert one original checkpoint into a `save_pretrained` folder (+ tokenizer when it is known)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m unitrans_ds.models.convert_blip",
         description="Convert an original Salesforce BLIP / LAVIS .pth checkpoint to a HuggingFace BlipFor* folder.",
     )
@@ -271,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     from ..config.schema import ModelConfig  # the build module imports this one, so import it late
     from .build import ModelLoadError as LoadError  # under `python -m` this module's own class is another object
     from .build import build_from_original, config_hash
+    from .processor import blip_image_processor, save_processor
 
     cfg = ModelConfig(init_from=args.checkpoint, tokenizer=args.tokenizer)
     try:
@@ -281,8 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     model.save_pretrained(out)
     if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+        save_processor(out, model.config, tokenizer)  # tokenizer + preprocessor_config.json: BlipProcessor loads it
     else:
+        blip_image_processor(int(model.config.vision_config.image_size)).save_pretrained(out)
         print("no tokenizer saved: pass --tokenizer, or set `model.tokenizer` when loading the folder")
     print(f"wrote {type(model).__name__} (config {config_hash(model.config)}) to {out}")
 

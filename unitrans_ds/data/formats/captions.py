@@ -38,7 +38,7 @@ def parse_karpathy(req: ParseRequest, dataset: str) -> list[SourceItem]:
 
 
 def parse_coco_captions(req: ParseRequest) -> list[SourceItem]:
-    """Official COCO captions JSON (`images` + `annotations`). Paths are `file_name` under --media-root.
+    """Official COCO captions JSON (`images` + `annotations`). Paths are `file_name` under --media_root.
 
     Images without any caption still become items (an empty caption list), so nothing is dropped silently;
     an annotation whose `image_id` names no image is an error.

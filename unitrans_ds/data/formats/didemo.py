@@ -12,7 +12,7 @@ from .records import ParseRequest, RecordReader, SourceItem, load_records, media
 
 
 def parse_didemo(req: ParseRequest) -> list[SourceItem]:
-    """One item per `video` (its file name under --media-root), caption = the joined paragraph."""
+    """One item per `video` (its file name under --media_root), caption = the joined paragraph."""
     path = Path(req.annotations) if req.annotations else None
     reader = RecordReader(path)
     paragraphs: dict[str, list[str]] = {}

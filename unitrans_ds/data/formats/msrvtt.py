@@ -1,5 +1,5 @@
 """MSR-VTT retrieval (native `train_val_videodatainfo.json`, or the 1k-A split jsonl of BLIP/ClipBERT) and
-MSRVTT-QA (`{video_id, question, answer}` records). Videos are `<video_id>.mp4` under --media-root."""
+MSRVTT-QA (`{video_id, question, answer}` records). Videos are `<video_id>.mp4` under --media_root."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def read_split_ids(path: Path) -> list[str]:
 
 
 def parse_msrvtt(req: ParseRequest) -> list[SourceItem]:
-    """Native JSON (`videos` + `sentences`), filtered by `--split-file` ids or else by each video's `split`;
+    """Native JSON (`videos` + `sentences`), filtered by `--split_file` ids or else by each video's `split`;
     or split jsonl rows `{caption, clip_name, ...}` (one per caption, or `caption` as a list)."""
     path = Path(req.annotations) if req.annotations else None
     data = load_records(path, "annotations")
@@ -85,7 +85,7 @@ def _parse_native(req: ParseRequest, path: Path, data: dict[str, Any]) -> list[S
 
 
 def _filter_ids(items: list[SourceItem], req: ParseRequest) -> list[SourceItem]:
-    """Keep the `--split-file` ids, in the split file's order; an id without annotations is an error."""
+    """Keep the `--split_file` ids, in the split file's order; an id without annotations is an error."""
     if req.split_file is None:
         return items
     by_id = {item.meta["id"]: item for item in items}

@@ -46,7 +46,7 @@ class SourceItem:
     """One future sample.
 
     `key` is the WebDataset key (no dots). `kind` is "image" or "video". `media` is the path relative to
-    `--media-root` (None for synthetic items, which carry a `scene` to render instead). `meta` is the sample's
+    `--media_root` (None for synthetic items, which carry a `scene` to render instead). `meta` is the sample's
     `json` before the converter adds the media fields (video size, frame times).
     """
 

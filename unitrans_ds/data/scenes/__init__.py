@@ -60,9 +60,9 @@ def build_items(req: ParseRequest) -> list[SourceItem]:
     if req.domain not in DOMAINS:
         raise ShardError(f"--domain must be one of {', '.join(DOMAINS)} for --format scenes, got {req.domain!r}")
     if not req.num_samples or req.num_samples < 1:
-        raise ShardError("--num-samples must be a positive number for --format scenes")
+        raise ShardError("--num_samples must be a positive number for --format scenes")
     if req.task_set not in TASK_SETS:
-        raise ShardError(f"--task-set must be image or video, got {req.task_set!r}")
+        raise ShardError(f"--task_set must be image or video, got {req.task_set!r}")
     if req.task_set == "video" and req.frames < 2:
         raise ShardError(f"--frames must be at least 2 for --format scenes clips (motion needs two), got {req.frames}")
     items = []
