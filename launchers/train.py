@@ -5,6 +5,10 @@
 With no --config the embedded default runs: UniTrans retrieval on shards/demo with a tiny BLIP, offline.
 Settings layer as defaults <- YAML <- dotted overrides (e.g. `optim.lr=1e-4 train.max_steps=50`).
 Also runs as a plain `python launchers/train.py ...` (one rank).
+
+Exit status: 0 done; 2 bad input (one line on stderr, from rank 0); 143 stopped by SIGTERM (to a rank, to all ranks,
+or to the `deepspeed` runner) after every rank saved a checkpoint at the same step: rerun with --resume. A SIGTERM
+to the `deepspeed.launcher.launch` process itself stops the ranks the same way, but that launcher then exits 1.
 """
 
 from __future__ import annotations
@@ -18,7 +22,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from unitrans_ds.config import ConfigError, load_config  # noqa: E402
+from unitrans_ds.engine.checkpoint import CheckpointError, UnsafeCheckpointError  # noqa: E402
 from unitrans_ds.engine.ds_config import DeepSpeedConfigError  # noqa: E402
+from unitrans_ds.engine.stop import EXIT_STOPPED  # noqa: E402
+from unitrans_ds.models.convert_blip import ModelLoadError  # noqa: E402
+
+#: problems with what the user gave (config, files, checkpoints): one line on rank 0, exit status 2
+USER_ERRORS = (ConfigError, DeepSpeedConfigError, ModelLoadError, CheckpointError, UnsafeCheckpointError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,13 +46,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="?",
         const="auto",
         default=None,
-        help="resume from the latest checkpoint of the run folder (or of a given run folder)",
+        help="resume from the latest checkpoint of the run folder (or of a given run folder: --resume DIR)",
     )
     p.add_argument(
         "--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help="set by the deepspeed launcher"
     )
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-4 train.max_steps=20")
-    return p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may come before, between and after the options
+    # `--resume key=value`: argparse hands the override to --resume; a key=value that is no folder is an override.
+    if args.resume not in (None, "auto") and "=" in args.resume and not Path(args.resume).is_dir():
+        args.overrides.insert(0, args.resume)
+        args.resume = "auto"
+    return args
+
+
+def one_line(message: str) -> str:
+    """A multi-line error (e.g. a list of config problems) as one line for the log."""
+    parts = [line.strip().removeprefix("- ") for line in str(message).splitlines() if line.strip()]
+    return parts[0] + (" " + "; ".join(parts[1:]) if len(parts) > 1 else "") if parts else repr(message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,11 +83,12 @@ def main(argv: list[str] | None = None) -> int:
                 )
         from unitrans_ds.engine.trainer import train
 
-        train(cfg, args.ds_config, resume=args.resume)
-    except (ConfigError, DeepSpeedConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        result = train(cfg, args.ds_config, resume=args.resume)
+    except USER_ERRORS as e:
+        if int(os.environ.get("RANK", 0)) == 0:  # every rank finds the same problem; one says it
+            print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
         return 2
-    return 0
+    return EXIT_STOPPED if result.status == "KILLED" else 0
 
 
 if __name__ == "__main__":

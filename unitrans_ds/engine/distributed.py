@@ -56,6 +56,14 @@ def sum_over_ranks(values: dict[str, int], device: torch.device, keys: list[str]
     return {k: int(v) for k, v in zip(keys, t.tolist())}
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Collective: True on every rank when `flag` is True on any rank (e.g. "my write failed")."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

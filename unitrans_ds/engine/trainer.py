@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import resource
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,12 @@ from ..data.skips import SkipTotals
 from ..models.build import load_backbone
 from ..tasks import build_task
 from ..tracking import build_tracker
-from .checkpoint import TrainState, latest_tag, load_checkpoint, save_checkpoint
+from ..tracking.base import METRICS_FILE
+from .checkpoint import TrainState, latest_tag, load_checkpoint, logged_after, save_checkpoint
 from .distributed import barrier, init_distributed, mean_over_ranks, sum_over_ranks
 from .ds_config import bf16_supported, resolve_ds_config
 from .optim import build_optimizer, build_scheduler
+from .stop import EXIT_STOPPED, StopRequest
 from .versions import collect_versions, git_commit
 
 log = logging.getLogger("unitrans_ds.train")
@@ -48,27 +49,7 @@ class RunResult:
     metrics: dict[str, float]
     state: TrainState
     mlflow_run_id: str | None
-
-
-class _Stop:
-    """SIGTERM sets a flag; the loop saves a checkpoint at the next step boundary and exits cleanly."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old = None
-
-    def __enter__(self):
-        with contextlib.suppress(ValueError):  # not the main thread
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        log.warning("SIGTERM received: saving a checkpoint and stopping at the next step")
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+    status: str = "FINISHED"  # KILLED when stopped by SIGTERM (a checkpoint was written)
 
 
 def _peak_memory_mib() -> float:
@@ -126,6 +107,7 @@ class Trainer:
         self.state = TrainState()
         self._eval_copy = None
         self.skips = SkipTotals()
+        self._logged_before: dict[int, set[str]] = {}  # step -> names logged by the run this one resumes
 
     # ------------------------------------------------------------------ set-up helpers
     @property
@@ -176,7 +158,20 @@ class Trainer:
         names = set(trainable_state_dict(self.engine.module))
         self.state = load_checkpoint(self.engine, ckpt_dir, self.rank, names)
         if self.rank == 0:
+            self._logged_before = logged_after(self.run_dir / METRICS_FILE, self.state.step)
             print(f"[unitrans_ds] resumed from {ckpt_dir} at step {self.state.step}", flush=True)
+
+    def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log through the tracker, dropping what a run stopped after its last checkpoint already logged.
+
+        A resumed run repeats the steps between that checkpoint and the stop, with identical values; the run
+        folder's metrics file says which (step, name) pairs are in already, so each step is logged once.
+        """
+        done = self._logged_before.get(step)
+        if done:
+            metrics = {k: v for k, v in metrics.items() if k not in done}
+        if metrics:
+            self.tracker.log_metrics(metrics, step)
 
     # ------------------------------------------------------------------ evaluation and export
     def export_adapter(self, name: str) -> Path | None:
@@ -277,14 +272,14 @@ class Trainer:
             }
         )
         metrics.update({f"train/skipped_{k}": float(v) for k, v in skipped.items()})
-        self.tracker.log_metrics(metrics, self.state.step)
+        self._log_metrics(metrics, self.state.step)
         if self.rank == 0:
             tqdm.write(
                 f"step {self.state.step}/{self.total_steps} loss {metrics.get('train/loss', float('nan')):.4f} "
                 f"lr {metrics['train/lr']:.2e} {metrics['train/samples_per_s']:.1f} samples/s"
             )
 
-    def _train_loop(self, stop: _Stop) -> str:
+    def _train_loop(self, stop: StopRequest) -> str:
         cfg = self.cfg.train
         bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", disable=self.rank != 0)
         sums: dict[str, float] = {}
@@ -318,11 +313,12 @@ class Trainer:
                     self._log_train(sums, n, t0, samples)
                     sums, n, samples, t0 = {}, 0, 0, time.perf_counter()
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
-                    self.tracker.log_metrics(self._validate_and_export(), step)
+                    self._log_metrics(self._validate_and_export(), step)
                     self.engine.train()
-                if (cfg.save_every and step % cfg.save_every == 0) or stop.requested:
+                stopping = stop.agreed(self.task.device)  # collective: all ranks stop on this same step or none
+                if (cfg.save_every and step % cfg.save_every == 0) or stopping:
                     save_checkpoint(self.engine, self.run_dir / "checkpoints", self.state, self.rank, cfg.keep_last)
-                if stop.requested:
+                if stopping:
                     bar.close()
                     return "KILLED"
                 if step >= self.total_steps:
@@ -340,35 +336,34 @@ class Trainer:
         status = "FAILED"
         metrics: dict[str, float] = {}
         try:
-            with _Stop() as stop:
+            with StopRequest() as stop:
                 if self.state.step == 0 and self.cfg.train.zero_shot_eval and self.cfg.data.val_shards:
                     before = self.evaluate("val")
-                    self.tracker.log_metrics(before, 0)
+                    self._log_metrics(before, 0)
                     metrics.update({k.replace("val/", "val_before/"): v for k, v in before.items()})
                     self.engine.train()
                 status = self._train_loop(stop)
             if status == "FINISHED":
                 metrics.update(self._finish())
-            self.tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("val_before/")}, 0)
+            self._log_metrics({k: v for k, v in metrics.items() if k.startswith("val_before/")}, 0)
         except BaseException:
             self.tracker.finish("FAILED")
             raise
         self.tracker.finish(status)
-        return RunResult(self.run_dir, metrics, self.state, self.state.mlflow_run_id)
+        return RunResult(self.run_dir, metrics, self.state, self.state.mlflow_run_id, status)
 
     def _finish(self) -> dict[str, float]:
         """Final validation (best adapter), adapter export, test evaluation with the best adapter, checkpoint."""
         final = self._validate_and_export() if self.cfg.data.val_shards else {}
-        self.tracker.log_metrics(final, self.state.step)
+        self._log_metrics(final, self.state.step)
         out = self.export_adapter("adapter_final")
         if self.rank == 0:
             self.tracker.log_artifact(out, artifact_path="adapter_final")
             if (self.run_dir / "adapter_best").is_dir():
                 self.tracker.log_artifact(self.run_dir / "adapter_best", artifact_path="adapter_best")
         test = self._test_with_best()
-        self.tracker.log_metrics(test, self.state.step)
-        if self.cfg.train.save_every:
-            save_checkpoint(self.engine, self.run_dir / "checkpoints", self.state, self.rank, self.cfg.train.keep_last)
+        self._log_metrics(test, self.state.step)
+        save_checkpoint(self.engine, self.run_dir / "checkpoints", self.state, self.rank, self.cfg.train.keep_last)
         metrics = {**final, **test}
         if self.rank == 0:
             (self.run_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -413,7 +408,14 @@ def train(cfg: Config, ds_config: str | Path, resume: str | None = None) -> RunR
     """Build everything and run. Returns the run folder, the final metrics and the train state."""
     trainer = Trainer(cfg, ds_config, resume)
     result = trainer.run()
-    if trainer.rank == 0:
+    if trainer.rank == 0 and result.status == "KILLED":
+        print(
+            f"[unitrans_ds] stopped at step {result.state.step}/{trainer.total_steps} by request; checkpoint written "
+            f"to {result.run_dir / 'checkpoints'}. To continue, rerun the same command with --resume "
+            f"(or train.resume=auto). Exit status {EXIT_STOPPED}.",
+            flush=True,
+        )
+    elif trainer.rank == 0:
         _print_gain(result.metrics)
         shown = {k: round(v, 4) for k, v in sorted(result.metrics.items()) if not math.isnan(v)}
         print(f"[unitrans_ds] done: {json.dumps(shown)}\n[unitrans_ds] run folder: {result.run_dir}", flush=True)
