@@ -66,6 +66,27 @@ def one_line(message: str) -> str:
     return parts[0] + (" " + "; ".join(parts[1:]) if len(parts) > 1 else "") if parts else repr(message)
 
 
+def check_inputs(cfg) -> None:
+    """Problems with the files a config names, found before any model is built (ConfigError, one line each)."""
+    from unitrans_ds.data.manifest import read_manifest
+
+    for split in ("train", "val", "test"):
+        folder = getattr(cfg.data, f"{split}_shards")
+        if folder and not (Path(folder) / "manifest.json").is_file():
+            raise ConfigError(
+                f"data.{split}_shards: {folder} holds no manifest.json; build the shards with "
+                "`python -m unitrans_ds.make_shards ...` (see shards/README.md) or fix the path"
+            )
+        if folder:
+            try:
+                read_manifest(folder)
+            except (OSError, ValueError) as e:  # 0 shards, a listed shard missing, totals that do not add up
+                raise ConfigError(f"data.{split}_shards: {e}") from None
+    out = Path(cfg.train.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"train.output_dir: {out} is a file, not a folder; set train.output_dir to a folder path")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -74,13 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg = load_config(args.config, args.overrides)
-        for split in ("train", "val", "test"):
-            folder = getattr(cfg.data, f"{split}_shards")
-            if folder and not (Path(folder) / "manifest.json").is_file():
-                raise ConfigError(
-                    f"data.{split}_shards: {folder} holds no manifest.json; build the shards with "
-                    "`python -m unitrans_ds.make_shards ...` (see shards/README.md) or fix the path"
-                )
+        check_inputs(cfg)
         from unitrans_ds.engine.trainer import train
 
         result = train(cfg, args.ds_config, resume=args.resume)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..adapters import prepare_model, save_adapter, trainable_state_dict, zero3_register_external
-from ..config import Config, flatten, save_config, to_dict
+from ..config import Config, ConfigError, flatten, save_config, to_dict
 from ..data.loaders import check_shards, train_loader_from_config
 from ..data.manifest import read_manifest
 from ..data.skips import SkipTotals
@@ -76,6 +76,11 @@ class Trainer:
         self.resume = resume if resume is not None else cfg.train.resume
         torch.manual_seed(cfg.train.seed)
 
+        if cfg.train.precision == "fp16" and not torch.cuda.is_available():
+            raise ConfigError(
+                "train.precision is fp16 but there is no CUDA device (DeepSpeed's fp16 loss scaling needs one): "
+                "set train.precision to auto or fp32"
+            )
         self.ds_cfg = resolve_ds_config(ds_config, cfg, self.world, bf16_supported())
         self.stage = int(self.ds_cfg.get("zero_optimization", {}).get("stage", 0))
         self.train_loader = train_loader_from_config(cfg, rank=self.rank, world_size=self.world)
@@ -90,6 +95,12 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
         backbone = load_backbone(cfg.model, cfg.task, seed=cfg.train.seed)
+        patch = backbone.model.config.vision_config.patch_size
+        if cfg.model.image_size % patch:  # the ViT would silently drop the pixels past the last whole patch
+            raise ConfigError(
+                f"model.image_size ({cfg.model.image_size}) is not a multiple of the patch size ({patch}) of "
+                f"{backbone.source}; use e.g. {cfg.model.image_size // patch * patch or patch}"
+            )
         self.base_name, self.tokenizer = backbone.source, backbone.tokenizer
         self.report = prepare_model(backbone.model, cfg.method)
         self.task = build_task(cfg, backbone.model, self.tokenizer, self.rank, self.world)
