@@ -22,13 +22,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from unitrans_ds.config import ConfigError, load_config  # noqa: E402
+from unitrans_ds.data.skips import DataLossError  # noqa: E402
 from unitrans_ds.engine.checkpoint import CheckpointError, UnsafeCheckpointError  # noqa: E402
 from unitrans_ds.engine.ds_config import DeepSpeedConfigError  # noqa: E402
 from unitrans_ds.engine.stop import EXIT_STOPPED  # noqa: E402
 from unitrans_ds.models.convert_blip import ModelLoadError  # noqa: E402
 
 #: problems with what the user gave (config, files, checkpoints): one line on rank 0, exit status 2
-USER_ERRORS = (ConfigError, DeepSpeedConfigError, ModelLoadError, CheckpointError, UnsafeCheckpointError)
+USER_ERRORS = (ConfigError, DeepSpeedConfigError, ModelLoadError, CheckpointError, UnsafeCheckpointError, DataLossError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -186,6 +187,8 @@ def test_kill9_then_resume_equals_uninterrupted_run_and_logs_each_step_once(shar
     _assert_same_adapters(straight, broken)
     rows = [json.loads(x) for x in (broken / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, steps + 1))  # each step once
+    final = json.loads((broken / "final_metrics.json").read_text())
+    assert final["data/lost_samples"] == 0 and final["train/steps"] == steps  # not `{}` without val/test
 
     # The checkpoint holds trainable state only: no frozen backbone tensor.
     tag = (broken / "checkpoints" / "latest").read_text()
@@ -195,7 +198,7 @@ def test_kill9_then_resume_equals_uninterrupted_run_and_logs_each_step_once(shar
     assert tag == f"step_{steps:06d}"
 
 
-STOP_STEPS = 16
+STOP_STEPS = 24
 
 
 @pytest.fixture(scope="module")
@@ -288,4 +291,24 @@ def test_bad_configs_fail_with_one_clear_message(args, needle, tmp_path):
     proc = launch([*args, f"train.output_dir={tmp_path}"], ranks=1, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_lost_data_is_summarized_per_shard_and_stops_the_run_above_max_skip_fraction(shards, tmp_path):
+    train = tmp_path / "train"
+    shutil.copytree(shards / "train", train)
+    (train / "shard-000002.tar").write_bytes(b"")  # 16 of the 64 samples (4 captions each) gone
+    args = [*_no_gap_args(shards, 2), f"data.train_shards={train}", "data.max_skip_fraction=0.5"]
+    ok(launch([*args, f"train.output_dir={tmp_path / 'run'}"], ranks=1))
+    loss = json.loads((tmp_path / "run" / "data_loss.json").read_text())
+    assert loss["shards"] == {"shard-000002.tar": {"samples": 16, "pairs": 64, "shard_read": 16}}
+    assert (loss["lost_samples"], loss["total_samples"], loss["lost_pairs"]) == (16, 64, 64)
+    final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert final["data/lost_samples"] == 16 and final["train/steps"] == 2
+
+    proc = launch([*args, "data.max_skip_fraction=0.1", f"train.output_dir={tmp_path / 'strict'}"], ranks=1)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert "data.max_skip_fraction=0.1: lost 16 of 64 training samples" in line and "shard-000002.tar" in line
     assert "Traceback" not in proc.stderr

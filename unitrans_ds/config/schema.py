@@ -126,12 +126,22 @@ class DataConfig:
     )
     answer_list: str | None = _help("VQA answer list (JSON list) for rank inference; null builds it from train.", None)
     dataset: str = _help("Data set name, used for the MLflow tag.", "shapes-b")
+    max_skip_fraction: float = _help(
+        "Training stops with an error once more than this fraction of the training samples (in the manifest) "
+        "could not be read or decoded; the end-of-run summary lists every bad shard either way.",
+        0.01,
+    )
 
     def __post_init__(self) -> None:
+        problems = []
         if self.num_workers < 0:
-            raise ValueError(
+            problems.append(
                 f"`data.num_workers` must be >= 0 (0 loads in the training process), got {self.num_workers}"
             )
+        if not 0 <= self.max_skip_fraction <= 1:
+            problems.append(f"`data.max_skip_fraction` must be in [0, 1], got {self.max_skip_fraction}")
+        if problems:
+            raise ValueError("\n".join(problems))
 
 
 @dataclass

@@ -91,5 +91,7 @@ class StopRequest:
         return stop
 
     def __exit__(self, *exc) -> None:
-        if self._old is not None:
+        # After a stop the handler stays: the deepspeed launcher SIGTERMs the other ranks as soon as one exits,
+        # and a rank still closing its tracker or printing how to resume must finish that (it exits 143 anyway).
+        if self._old is not None and not self.requested:
             signal.signal(signal.SIGTERM, self._old)

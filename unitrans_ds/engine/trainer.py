@@ -25,13 +25,13 @@ from ..adapters import prepare_model, save_adapter, trainable_state_dict, zero3_
 from ..config import Config, ConfigError, flatten, save_config, to_dict
 from ..data.loaders import check_shards, train_loader_from_config
 from ..data.manifest import read_manifest
-from ..data.skips import SkipTotals
+from ..data.skips import DataLossError, SkipTotals, describe_loss, loss_summary, merge_ledgers
 from ..models.build import load_backbone
 from ..tasks import build_task
 from ..tracking import build_tracker
 from ..tracking.base import METRICS_FILE
 from .checkpoint import TrainState, latest_tag, load_checkpoint, logged_after, save_checkpoint
-from .distributed import barrier, init_distributed, mean_over_ranks, sum_over_ranks
+from .distributed import barrier, gather_objects, init_distributed, mean_over_ranks, sum_over_ranks
 from .ds_config import bf16_supported, resolve_ds_config
 from .optim import build_optimizer, build_scheduler
 from .stop import EXIT_STOPPED, StopRequest
@@ -270,6 +270,7 @@ class Trainer:
         skipped = sum_over_ranks(
             self.skips.totals(), self.task.device, ["shard_read", "bad_json", "incomplete_sample", "image_decode"]
         )
+        loss = self._data_loss()
         elapsed = max(time.perf_counter() - t0, 1e-9)
         metrics = {f"train/{k}": v for k, v in means.items()}
         metrics.update(
@@ -279,20 +280,38 @@ class Trainer:
                 "train/step_time_s": elapsed / max(n, 1),
                 "train/peak_memory_mib": _peak_memory_mib(),
                 "train/epoch": self.state.epoch,
-                "train/skipped_samples": float(sum(skipped.values())),
+                "train/lost_samples": float(loss["lost_samples"]),  # against the manifest (data/skips.py)
+                "train/lost_pairs": float(loss["lost_pairs"]),
             }
         )
-        metrics.update({f"train/skipped_{k}": float(v) for k, v in skipped.items()})
+        metrics.update({f"train/skipped_{k}": float(v) for k, v in skipped.items()})  # events, per kind
         self._log_metrics(metrics, self.state.step)
+        limit = self.cfg.data.max_skip_fraction
+        if loss["lost_fraction"] > limit:  # every rank sees the same gathered numbers and stops alike
+            raise DataLossError(
+                f"data.max_skip_fraction={limit}: {describe_loss(loss)}; rewrite those shards "
+                "(python -m unitrans_ds.make_shards) or raise data.max_skip_fraction"
+            )
         if self.rank == 0:
             tqdm.write(
                 f"step {self.state.step}/{self.total_steps} loss {metrics.get('train/loss', float('nan')):.4f} "
                 f"lr {metrics['train/lr']:.2e} {metrics['train/samples_per_s']:.1f} samples/s"
             )
 
+    def _data_loss(self) -> dict:
+        """Collective: what the training data lost so far, over every rank, in samples and pairs per shard."""
+        unit = "questions" if self.cfg.task == "vqa" else "captions"
+        ledger = merge_ledgers(gather_objects(self.skips.ledger))
+        manifest = self.train_loader.manifest
+        return loss_summary(ledger, manifest.total_samples, manifest.num_items(unit), unit)
+
     def _train_loop(self, stop: StopRequest) -> str:
+        # `with`: an error closes the bar first, so its one line is not glued to the end of the bar
+        with tqdm(total=self.total_steps, initial=self.state.step, desc="train", disable=self.rank != 0) as bar:
+            return self._train_steps(stop, bar)
+
+    def _train_steps(self, stop: StopRequest, bar: tqdm) -> str:
         cfg = self.cfg.train
-        bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", disable=self.rank != 0)
         sums: dict[str, float] = {}
         n, samples, t0 = 0, 0, time.perf_counter()
         self.engine.train()
@@ -330,7 +349,6 @@ class Trainer:
                 if (cfg.save_every and step % cfg.save_every == 0) or stopping:
                     save_checkpoint(self.engine, self.run_dir / "checkpoints", self.state, self.rank, cfg.keep_last)
                 if stopping:
-                    bar.close()
                     return "KILLED"
                 if step >= self.total_steps:
                     break
@@ -338,7 +356,6 @@ class Trainer:
                 self.skips.end_epoch()
                 self.state.epoch += 1
                 self.state.step_in_epoch = 0
-        bar.close()
         return "FINISHED"
 
     def run(self) -> RunResult:
@@ -375,9 +392,21 @@ class Trainer:
         test = self._test_with_best()
         self._log_metrics(test, self.state.step)
         save_checkpoint(self.engine, self.run_dir / "checkpoints", self.state, self.rank, self.cfg.train.keep_last)
-        metrics = {**final, **test}
+        loss = self._data_loss()
+        metrics = {
+            **final,
+            **test,
+            "train/steps": float(self.state.step),
+            "train/samples_seen": float(self.state.samples_seen),
+            "data/lost_samples": float(loss["lost_samples"]),
+            "data/lost_pairs": float(loss["lost_pairs"]),
+            "data/lost_fraction": loss["lost_fraction"],
+        }
         if self.rank == 0:
             (self.run_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+            (self.run_dir / "data_loss.json").write_text(json.dumps(loss, indent=2))
+            self.tracker.log_dict(loss, "data_loss.json")
+            print(f"[unitrans_ds] data: {describe_loss(loss)}", flush=True)
         return metrics
 
     def _test_with_best(self) -> dict[str, float]:
