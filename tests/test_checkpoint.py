@@ -124,6 +124,10 @@ def test_planted_pickle_is_refused_and_never_runs(gloo_group, victim, tmp_path):
     with pytest.raises(UnsafeCheckpointError):
         load_checkpoint(_engine("zero2"), ckpt, 0, _trainable(engine))
     assert not marker.exists()
+    # a file cut short is a clear error too
+    (ckpt / "step_000002" / victim).write_bytes(b"PK\x03\x04 cut")
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint file"):
+        load_checkpoint(_engine("zero2"), ckpt, 0, _trainable(engine))
 
 
 def test_failed_write_leaves_the_previous_checkpoint_as_latest(gloo_group, tmp_path):

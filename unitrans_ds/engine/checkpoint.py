@@ -94,6 +94,11 @@ def safe_load(path: str | Path, map_location=None):
             f"{path} holds more than tensors and plain data ({first[:200]}); refusing to load it. Resume only from "
             "checkpoints written by unitrans_ds, or delete that checkpoint folder"
         ) from None
+    except (RuntimeError, EOFError) as e:  # not a torch file at all, or one cut short
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint file ({str(e).strip()[:200]}); resume from another checkpoint "
+            "or delete this one"
+        ) from None
 
 
 def _is_complete(tag_dir: Path) -> bool:
