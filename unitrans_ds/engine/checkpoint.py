@@ -16,6 +16,7 @@ import os
 import pickle
 import random
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def safe_load(path: str | Path, map_location=None):
+def safe_load(path: str | Path, map_location=None, mmap: bool = False):
     """`torch.load` that only rebuilds tensors and plain containers (plus DeepSpeed's own small config classes).
 
     A pickle that would run code or build any other object raises `UnsafeCheckpointError` naming the file: a
@@ -87,7 +88,7 @@ def safe_load(path: str | Path, map_location=None):
     """
     try:
         with torch.serialization.safe_globals(_deepspeed_safe_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsafeCheckpointError(
@@ -190,6 +191,7 @@ def load_checkpoint(engine, ckpt_dir: Path, rank: int, trainable_names: set[str]
             "that has checkpoints/"
         )
     _check_world_size(ckpt_dir / tag)
+    _check_files(ckpt_dir / tag, engine.device)
     # Frozen weights are not in the checkpoint (they come from the base model), so the module load is non-strict;
     # we check below that every trainable tensor was in it.
     # DeepSpeed's own loader calls torch.load(weights_only=False) on its files: route it through `safe_load`.
@@ -215,6 +217,20 @@ def load_checkpoint(engine, ckpt_dir: Path, rank: int, trainable_names: set[str]
     if rng_file.is_file():
         set_rng_state(safe_load(rng_file))
     return TrainState(**client["train_state"])
+
+
+def _check_files(tag_dir: Path, device) -> None:
+    """Collective: every rank checks every file of the tag before any rank loads one, so that a bad file that
+    only one rank would read (its RNG or optimizer shard) stops all ranks alike instead of hanging the others.
+    `mmap` unpickles without reading the tensor bytes, so this costs little even for large shards."""
+    error = None
+    try:
+        for f in sorted(tag_dir.rglob("*.pt")):
+            safe_load(f, map_location="cpu", mmap=zipfile.is_zipfile(f))  # mmap needs torch's zip format
+    except CheckpointError as e:
+        error = e
+    if any_rank(error is not None, device):
+        raise error or CheckpointError(f"another rank found a file it refuses to load in {tag_dir}")
 
 
 def _check_world_size(tag_dir: Path) -> None:
