@@ -75,6 +75,23 @@ def default_out(cfg, adapter: str | None, split: str) -> Path:
     return Path(cfg.train.output_dir) / f"eval_{split}"
 
 
+def warn_adapter_differences(adapter: str, saved: dict, cfg, base_hash: str, method) -> None:
+    """Same shapes but not the same base or settings: the adapter loads, and the log says what differs."""
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
+    if saved.get("base_config_hash") and saved["base_config_hash"] != base_hash:
+        log.warning(
+            "adapter %s was trained on a base with config hash %s, this base (model.init_from=%s) has %s: shapes "
+            "fit but settings differ, so results may not match training; evaluate on the base it was trained on",
+            adapter, saved["base_config_hash"], cfg.model.init_from, base_hash,
+        )  # fmt: skip
+    if method.rank != cfg.method.rank or method.name != cfg.method.name:
+        log.warning(
+            "adapter %s is %s with rank %d, the config says %s with rank %d: evaluating the adapter as saved",
+            adapter, method.name, method.rank, cfg.method.name, cfg.method.rank,
+        )  # fmt: skip
+
+
 def build_model(cfg, adapter: str | None, local_rank: int):
     """Backbone + adapter (or the config's method at init) on this rank's device. Returns (model, tokenizer, cfg)."""
     import dataclasses
@@ -90,6 +107,7 @@ def build_model(cfg, adapter: str | None, local_rank: int):
     if adapter:
         saved = read_adapter_config(adapter)
         method = load_adapter(model, adapter)
+        warn_adapter_differences(adapter, saved, cfg, backbone.config_hash, method)
         cfg = dataclasses.replace(cfg, method=method)
         if saved.get("video") is not None and bool(saved["video"]) != cfg.video:
             log.warning(

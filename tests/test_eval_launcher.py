@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -161,3 +162,16 @@ def test_missing_split_and_bad_override_fail_with_status_2(setup, capsys):
     assert "data.val_shards is null" in capsys.readouterr().err
     assert main(["--config", str(setup["config"]), "eval.k_tset=3"]) == 2
     assert "k_tset" in capsys.readouterr().err
+
+
+def test_adapter_onto_another_base_config_or_rank_is_warned(setup, tmp_path, caplog):
+    """Same shapes, other settings (the position table) and another method.rank in the config: loads, warned."""
+    args = ["--config", str(setup["config"]), "--adapter", str(setup["adapter"]), "--out", str(tmp_path / "o"),
+            "model.tiny.max_position_embeddings=48", "method.rank=8"]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="unitrans_ds.eval"):
+        assert _eval_main()(args) == 0
+    messages = [r.getMessage() for r in caplog.records if r.name == "unitrans_ds.eval"]
+    assert any(
+        "was trained on a base with config hash" in m and "shapes fit but settings differ" in m for m in messages
+    )
+    assert any("is unitrans with rank 4, the config says unitrans with rank 8" in m for m in messages), messages

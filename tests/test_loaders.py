@@ -21,7 +21,7 @@ from unitrans_ds.data.loaders import (
     train_loader_from_config,
 )
 from unitrans_ds.data.pipeline import frame_indices
-from unitrans_ds.data.skips import SkipCounter, SkipTotals
+from unitrans_ds.data.skips import SkipCounter, SkipTotals, describe_loss, loss_summary
 
 SIZE = 32
 
@@ -225,6 +225,30 @@ def test_corrupt_samples_are_skipped_and_counted_while_the_rest_comes_out(shards
     images = {t.split(",")[0] for t in texts}
     assert images == {f"a photo of image {i}" for i in range(12) if f"img{i:05d}" not in lost | {garbage}}
     assert totals.totals()["image_decode"] >= 1 and totals.totals()["shard_read"] >= 1
+    # Counted in what was lost, against the manifest: the bad JPEG once (with its 2 captions), the truncated
+    # shard's 2 unread samples (4 captions), however many times each shard was read to top up the epoch.
+    summary = loss_summary(totals.ledger, 12, 24, "captions")
+    assert summary["shards"] == {
+        "shard-000000.tar": {"samples": 1, "pairs": 2, "image_decode": 1},
+        "shard-000001.tar": {"samples": 2, "pairs": 4, "shard_read": 2},
+    }
+    assert (summary["lost_samples"], summary["lost_pairs"], summary["kinds"]) == (
+        3,
+        6,
+        {"image_decode": 1, "shard_read": 2},
+    )
+    assert "shard-000001.tar: 2 samples, 4 captions (shard_read 2)" in describe_loss(summary)
+
+
+def test_zero_byte_shard_is_named_with_all_its_samples(shards):
+    (shards / "shard-000002.tar").write_bytes(b"")
+    train = build_train_loader(shards, task="vqa", image_size=SIZE, micro_batch_size=4, seed=1)
+    totals = SkipTotals()
+    for batch in train:
+        totals.update(batch)
+    summary = loss_summary(totals.ledger, 12, 24, "questions")
+    assert summary["shards"] == {"shard-000002.tar": {"samples": 4, "pairs": 8, "shard_read": 4}}
+    assert summary["lost_fraction"] == 4 / 12
 
 
 def test_skip_warnings_are_rate_limited_per_kind(caplog):

@@ -295,8 +295,11 @@ def test_undecodable_image_is_skipped_with_reason(tmp_path):
     media.mkdir()
     data = (FIX / "coco" / "COCO_val2014_000000262148.jpg").read_bytes()
     (media / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (media / "whole.jpg").write_bytes(data)  # one good image: a run that skips everything exits 2
     ann = tmp_path / "a.json"
-    ann.write_text(json.dumps([{"image": "cut.jpg", "caption": ["half an image"]}]))
+    ann.write_text(
+        json.dumps([{"image": "cut.jpg", "caption": ["half an image"]}, {"image": "whole.jpg", "caption": ["ok"]}])
+    )
     out = tmp_path / "out"
     assert (
         run("--format", "coco-karpathy", "--annotations", str(ann), "--media-root", str(media), "--out", str(out)) == 0
@@ -440,3 +443,15 @@ def test_arguments_the_format_never_reads_are_refused(tmp_path, capsys):
         == 2
     )
     assert "--domain not used" in capsys.readouterr().err
+
+
+def test_wrong_media_root_exits_2_without_a_manifest_and_many_skips_warn(tmp_path, capsys):
+    ann, media = _karpathy_with_missing(tmp_path)
+    out = tmp_path / "out"
+    rc = run("--format", "coco-karpathy", "--annotations", str(ann), "--media-root", str(tmp_path / "nowhere"), "--out", str(out))  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "no sample was written" in err and "--media-root" in err and "image file not found" in err
+    assert not (out / "manifest.json").exists()
+    # some items found, one skipped: a manifest, and a warning above the 1% threshold
+    assert run("--format", "coco-karpathy", "--annotations", str(ann), "--media-root", str(media), "--out", str(tmp_path / "ok")) == 0  # fmt: skip
+    assert "make_shards: warning: skipped 1 of" in capsys.readouterr().err

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -58,6 +61,12 @@ def common(shards: Path, out: Path, steps: int = 3) -> list[str]:
         "eval.max_length=8",
         "eval.min_length=2",
     ]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def launch(args: list[str], ranks: int, env: dict | None = None, ds: str = "zero2", timeout: int = 420):
@@ -129,7 +138,7 @@ def _wait_for_step(metrics: Path, step: int, proc, timeout: float = 300) -> None
     t0 = time.time()
     while time.time() - t0 < timeout:
         if proc.poll() is not None:
-            raise AssertionError(f"run ended before step {step}: {proc.stderr.read()[-3000:]}")
+            raise AssertionError(f"run ended before step {step}: {proc.stderr.read()[-3000:] if proc.stderr else ''}")
         if metrics.is_file():
             steps = [json.loads(line).get("step", 0) for line in metrics.read_text().splitlines() if line.strip()]
             if steps and max(steps) >= step:
@@ -138,15 +147,27 @@ def _wait_for_step(metrics: Path, step: int, proc, timeout: float = 300) -> None
     raise AssertionError("timed out waiting for training progress")
 
 
-@pytest.mark.slow
-def test_sigterm_then_resume_equals_uninterrupted_run(shards, tmp_path):
-    steps = 10
-    base = [
-        *common(shards, tmp_path / "x", steps=steps),
+def _assert_same_adapters(a_dir: Path, b_dir: Path) -> None:
+    a = load_file(str(a_dir / "adapter_final" / "adapter_model.safetensors"))
+    b = load_file(str(b_dir / "adapter_final" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after resume")
+
+
+def _no_gap_args(shards: Path, steps: int) -> list[str]:
+    return [
+        *common(shards, shards / "unused", steps=steps),
         "data.val_shards=null",
         "data.test_shards=null",
         "tracking.enabled=false",
     ]
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_equals_uninterrupted_run_and_logs_each_step_once(shards, tmp_path):
+    steps = 10
+    base = [*_no_gap_args(shards, steps), "train.save_every=3"]
     straight = tmp_path / "straight"
     ok(launch([*base, f"train.output_dir={straight}"], ranks=1))
 
@@ -156,27 +177,95 @@ def test_sigterm_then_resume_equals_uninterrupted_run(shards, tmp_path):
         [sys.executable, "launchers/train.py", "--ds_config", "ds_configs/zero2.json", *base, f"train.output_dir={broken}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    _wait_for_step(broken / "metrics.jsonl", 2, proc)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
-    assert proc.returncode == 0, proc.stderr.read()[-3000:]
-    state = json.loads(
-        (broken / "checkpoints" / (broken / "checkpoints" / "latest").read_text() / "train_state.json").read_text()
-    )
-    assert 2 <= state["step"] < steps, "the SIGTERM checkpoint should sit mid-run"
-    assert not (broken / "adapter_final").exists()
+    _wait_for_step(broken / "metrics.jsonl", 4, proc)  # past the step-3 checkpoint
+    proc.kill()
+    proc.wait(timeout=60)
+    logged_before = {json.loads(x)["step"] for x in (broken / "metrics.jsonl").read_text().splitlines()}
+    assert max(logged_before) > 3 and max(logged_before) < steps
 
     ok(launch([*base, f"train.output_dir={broken}", "--resume"], ranks=1))
-    a = load_file(str(straight / "adapter_final" / "adapter_model.safetensors"))
-    b = load_file(str(broken / "adapter_final" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after resume")
+    _assert_same_adapters(straight, broken)
+    rows = [json.loads(x) for x in (broken / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, steps + 1))  # each step once
+    final = json.loads((broken / "final_metrics.json").read_text())
+    assert final["data/lost_samples"] == 0 and final["train/steps"] == steps  # not `{}` without val/test
 
     # The checkpoint holds trainable state only: no frozen backbone tensor.
     tag = (broken / "checkpoints" / "latest").read_text()
-    sd = torch.load(broken / "checkpoints" / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    sd = torch.load(broken / "checkpoints" / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
+    a = load_file(str(straight / "adapter_final" / "adapter_model.safetensors"))
     assert set(sd["module"]) == {"model." + k for k in a}
+    assert tag == f"step_{steps:06d}"
+
+
+STOP_STEPS = 24
+
+
+@pytest.fixture(scope="module")
+def straight_two_ranks(shards, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("straight2")
+    ok(launch([*_no_gap_args(shards, STOP_STEPS), f"train.output_dir={out}"], ranks=2))
+    return out
+
+
+def _tree(runner_pid: int, timeout: float = 120) -> tuple:
+    """(launcher, [rank 0, rank 1]) processes under a `deepspeed` runner, once both ranks run."""
+    import psutil
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        procs = psutil.Process(runner_pid).children(recursive=True)
+        launcher = [p for p in procs if "deepspeed.launcher.launch" in " ".join(p.cmdline())]
+        ranks = [p for p in procs if "launchers/train.py" in " ".join(p.cmdline()) and p not in launcher]
+        if launcher and len(ranks) == 2:
+            return launcher[0], sorted(ranks, key=lambda p: int(p.environ()["RANK"]))
+        time.sleep(0.2)
+    raise AssertionError("the deepspeed launcher and two ranks did not start")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["one_rank", "every_rank", "launcher", "runner"])
+def test_sigterm_stops_both_ranks_at_one_step_and_resume_is_exact(target, shards, straight_two_ranks, tmp_path):
+    import psutil
+
+    out = tmp_path / "run"
+    args = [*_no_gap_args(shards, STOP_STEPS), f"train.output_dir={out}"]
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    cmd = [str(BIN / "deepspeed"), "--num_accelerators", "2", "--master_port", str(_free_port()),
+           "launchers/train.py", "--ds_config", "ds_configs/zero2.json", *args]  # fmt: skip
+    log_file = tmp_path / "output.log"  # a file, not a pipe: nobody drains a pipe while the test waits
+    with log_file.open("w") as log:
+        runner = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        launcher, ranks = _tree(runner.pid)
+        _wait_for_step(out / "metrics.jsonl", 2, runner)
+        victims = {"one_rank": ranks[1:], "every_rank": ranks, "launcher": [launcher], "runner": []}[target]
+        t0 = time.time()
+        for p in victims:
+            p.send_signal(signal.SIGTERM)
+        if target == "runner":
+            runner.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs([launcher, *ranks], timeout=60)
+        assert not alive, f"still running 60 s after SIGTERM to the {target}: {alive}"
+        assert time.time() - t0 < 60
+        runner.wait(timeout=30)
+        output = log_file.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(runner.pid, signal.SIGKILL)  # whatever a failure left behind
+    # the deepspeed launcher passes on a rank's 143; it exits 1 when it was signalled itself; a killed runner -15
+    assert runner.returncode == {"one_rank": 143, "every_rank": 143, "launcher": 1, "runner": -15}[target], output[
+        -3000:
+    ]
+    assert "done:" not in output and "rerun the same command with --resume" in output, output[-3000:]
+    tags = sorted(p.name for p in (out / "checkpoints").iterdir() if (p / "COMPLETE").is_file())
+    assert len(tags) == 1 and (out / "checkpoints" / "latest").read_text() == tags[0]
+    assert 2 <= int(tags[0].removeprefix("step_")) < STOP_STEPS
+    assert {"rng_rank0.pt", "rng_rank1.pt"} <= {p.name for p in (out / "checkpoints" / tags[0]).iterdir()}
+    assert not (out / "adapter_final").exists()
+
+    ok(launch([*args, "--resume"], ranks=2))
+    _assert_same_adapters(straight_two_ranks, out)
 
 
 def test_unreachable_tracking_server_keeps_metrics(shards, tmp_path):
@@ -202,4 +291,24 @@ def test_bad_configs_fail_with_one_clear_message(args, needle, tmp_path):
     proc = launch([*args, f"train.output_dir={tmp_path}"], ranks=1, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_lost_data_is_summarized_per_shard_and_stops_the_run_above_max_skip_fraction(shards, tmp_path):
+    train = tmp_path / "train"
+    shutil.copytree(shards / "train", train)
+    (train / "shard-000002.tar").write_bytes(b"")  # 16 of the 64 samples (4 captions each) gone
+    args = [*_no_gap_args(shards, 2), f"data.train_shards={train}", "data.max_skip_fraction=0.5"]
+    ok(launch([*args, f"train.output_dir={tmp_path / 'run'}"], ranks=1))
+    loss = json.loads((tmp_path / "run" / "data_loss.json").read_text())
+    assert loss["shards"] == {"shard-000002.tar": {"samples": 16, "pairs": 64, "shard_read": 16}}
+    assert (loss["lost_samples"], loss["total_samples"], loss["lost_pairs"]) == (16, 64, 64)
+    final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert final["data/lost_samples"] == 16 and final["train/steps"] == 2
+
+    proc = launch([*args, "data.max_skip_fraction=0.1", f"train.output_dir={tmp_path / 'strict'}"], ranks=1)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert "data.max_skip_fraction=0.1: lost 16 of 64 training samples" in line and "shard-000002.tar" in line
     assert "Traceback" not in proc.stderr

@@ -14,6 +14,9 @@ from .cli import ArgumentParser
 from .data.formats import FORMATS
 from .data.shard_writer import ShardError, ShardJob, make_shards, summary_line
 
+#: above this fraction of skipped items the summary is followed by a warning (often a wrong --media-root)
+WARN_SKIP_FRACTION = 0.01
+
 EPILOG = """\
 formats and their inputs:
   coco-karpathy, flickr30k-karpathy  --annotations BLIP/LAVIS Karpathy JSON (train: one row per caption;
@@ -38,8 +41,9 @@ output folder and restarts:
   and --overwrite): then the run resumes, keeping the finished shards whose sha256 still matches.
   --overwrite deletes earlier shards, manifest and skip list in --out and starts over.
 
-exit status: 0 done (skips are listed in skipped.jsonl and counted in the summary line); 2 bad arguments,
-malformed annotations, a refused output folder, or a skip under --strict.
+exit status: 0 done (skips are listed in skipped.jsonl and counted in the summary line, with a warning above
+1%); 2 bad arguments, malformed annotations, a refused output folder, a skip under --strict, or every item
+skipped (then no manifest.json is written).
 """
 
 
@@ -104,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make_shards: error: {e}", file=sys.stderr)
         return 2
     print(summary_line(manifest, args.out))
+    items = manifest["total_samples"] + manifest["skipped"]
+    if manifest["skipped"] > WARN_SKIP_FRACTION * items:
+        print(
+            f"make_shards: warning: skipped {manifest['skipped']} of {items} items "
+            f"({100 * manifest['skipped'] / items:.1f}%, more than {100 * WARN_SKIP_FRACTION:.0f}%): check "
+            f"--media-root and {args.out / 'skipped.jsonl'}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -92,8 +92,18 @@ def _build(cls: type, data: dict, prefix: str, errors: list[str]):
             close = [n for n in names if n.startswith(str(key)[:3])]
             hint = f" (did you mean {', '.join('`' + prefix + c + '`' for c in sorted(close))}?)" if close else ""
             errors.append(f"unknown key `{prefix}{key}`{hint}")
-    kwargs = {k: _coerce(v, hints[k], prefix + k, errors) for k, v in data.items() if k in names}
-    return cls(**kwargs)
+    kwargs = {}
+    for k, v in data.items():
+        if k in names:
+            before = len(errors)
+            value = _coerce(v, hints[k], prefix + k, errors)
+            if len(errors) == before:  # a value of the wrong type is reported once, not checked again below
+                kwargs[k] = value
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # the dataclass's own checks (`__post_init__`), one problem per line
+        errors.extend(str(e).splitlines())
+        return cls()
 
 
 def _parse_scalar(text: str) -> Any:
@@ -151,6 +161,11 @@ def validate(cfg: Config) -> list[str]:
         errs.append(f"`train.max_steps` must be >= 1 or null, got {t.max_steps}")
     if t.keep_last < 1:
         errs.append(f"`train.keep_last` must be >= 1, got {t.keep_last}")
+    for key in ("save_every", "eval_every"):
+        if getattr(t, key) < 0:
+            errs.append(f"`train.{key}` must be >= 0 (0 = only at the end), got {getattr(t, key)}")
+    if t.log_every < 1:
+        errs.append(f"`train.log_every` must be >= 1, got {t.log_every}")
     if cfg.eval.vqa_inference not in ("rank", "generate"):
         errs.append(f"`eval.vqa_inference` must be `rank` or `generate`, got {cfg.eval.vqa_inference!r}")
     for key, value, allowed in (

@@ -6,6 +6,7 @@ The tree is plain dataclasses so that it can be built from a YAML file plus dott
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 METHODS = ("frozen", "full", "lora", "scaling-vectors", "vcra", "vcra+qasn", "vcra+mcam", "unitrans")
@@ -141,6 +142,22 @@ class DataConfig:
     )
     answer_list: str | None = _help("VQA answer list (JSON list) for rank inference; null builds it from train.", None)
     dataset: str = _help("Data set name, used for the MLflow tag.", "shapes-b")
+    max_skip_fraction: float = _help(
+        "Training stops with an error once more than this fraction of the training samples (in the manifest) "
+        "could not be read or decoded; the end-of-run summary lists every bad shard either way.",
+        0.01,
+    )
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.num_workers < 0:
+            problems.append(
+                f"`data.num_workers` must be >= 0 (0 loads in the training process), got {self.num_workers}"
+            )
+        if not 0 <= self.max_skip_fraction <= 1:
+            problems.append(f"`data.max_skip_fraction` must be in [0, 1], got {self.max_skip_fraction}")
+        if problems:
+            raise ValueError("\n".join(problems))
 
 
 @dataclass
@@ -161,6 +178,25 @@ class OptimConfig:
         1e-5,
     )
 
+    def __post_init__(self) -> None:
+        problems = []
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"`optim.lr` must be a positive number, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"`optim.betas` must be two numbers in [0, 1), e.g. [0.9, 0.999], got {self.betas}")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            problems.append(f"`optim.eps` must be a positive number, got {self.eps}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            problems.append(f"`optim.weight_decay` must be >= 0, got {self.weight_decay}")
+        if self.warmup_steps < 0:
+            problems.append(f"`optim.warmup_steps` must be >= 0 (0 = no warmup), got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            problems.append(f"`optim.min_lr_ratio` must be in [0, 1], got {self.min_lr_ratio}")
+        if not (math.isfinite(self.clip_grad) and self.clip_grad >= 0):
+            problems.append(f"`optim.clip_grad` must be >= 0 (0 disables), got {self.clip_grad}")
+        if problems:
+            raise ValueError("\n".join(problems))
+
 
 @dataclass
 class TrainConfig:
@@ -174,7 +210,9 @@ class TrainConfig:
     seed: int = _help("Seed for data order, dropout and initialisation.", 42)
     output_dir: str = _help("Run folder: resolved config, checkpoints, adapter exports, metrics fallback.", "runs/demo")
     eval_every: int = _help("Evaluate on the validation split every N steps; 0 = only at the end.", 0)
-    save_every: int = _help("Write a resume checkpoint every N steps; 0 = only at the end.", 0)
+    save_every: int = _help(
+        "Write a resume checkpoint every N steps; 0 = only at the end (and on SIGTERM, at the next step).", 0
+    )
     keep_last: int = _help("Resume checkpoints to keep.", 2)
     best_metric: str = _help("Validation metric that selects the best adapter (higher is better).", "r_mean")
     resume: str | None = _help("`auto` resumes from the latest checkpoint in output_dir; or a checkpoint folder.", None)

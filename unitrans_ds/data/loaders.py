@@ -199,6 +199,8 @@ def build_train_loader(
         )
     max_words = max_words or (MAX_VIDEO_CAPTION_WORDS if video else MAX_CAPTION_WORDS)
     counter = SkipCounter(skip_warn_interval, name=f"train loader {manifest.folder} rank {rank}")
+    # what each shard should give, to count losses in samples and pairs against the manifest
+    expected = {str(s.path): (s.samples, getattr(s, _ITEM_UNIT[task])) for s in manifest.shards}
     shared, state = P.SharedEpoch(epoch), P.PassState()
     source = P.TrainShardSource(
         [str(s.path) for s in manifest.shards],
@@ -214,13 +216,22 @@ def build_train_loader(
     dataset = wds.DataPipeline(
         source,
         P.ReadRounds(counter.handler("shard_read")),
-        P.ParseSamples(counter, video),
+        P.ParseSamples(counter, video, expected, _ITEM_UNIT[task]),
         P.BufferShuffle(shuffle_buffer, "samples", seed, rank, state),
         P.ExpandItems(task, True, max_words, max_question_words),
         P.BufferShuffle(pair_shuffle_buffer, "pairs", seed, rank, state),
         P.Number(),
         P.SkipConsumed(micro_batch_size, state),
-        P.DecodeItems(transform, counter, state, train=True, seed=seed, rank=rank, num_frames=num_frames),
+        P.DecodeItems(
+            transform,
+            counter,
+            state,
+            train=True,
+            seed=seed,
+            rank=rank,
+            num_frames=num_frames,
+            pair_key=_ITEM_UNIT[task],
+        ),
         wds.batched(micro_batch_size, collation_fn=P.Collate(task, True, counter, state), partial=False),
         P.TakeShare(steps, state),
     )

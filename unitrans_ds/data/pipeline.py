@@ -158,10 +158,19 @@ class ReadRounds:
     def __init__(self, handler: Callable[[Exception], bool]) -> None:
         self.handler = handler
 
-    def __call__(self, rounds: Iterable[list[str]]) -> Iterator[dict | str]:
+    def __call__(self, rounds: Iterable[list[str]]) -> Iterator[dict | str | ShardDone]:
         for urls in rounds:
-            yield from wds.tarfile_samples([{"url": u} for u in urls], handler=self.handler)
+            for u in urls:
+                yield from wds.tarfile_samples([{"url": u}], handler=self.handler)
+                yield ShardDone(u)
             yield ROUND_END
+
+
+@dataclass(frozen=True)
+class ShardDone:
+    """Marker after the last sample of one shard read (training), for `ParseSamples` to count what was lost."""
+
+    url: str
 
 
 class EvalShardSource:
@@ -188,12 +197,32 @@ class ParseSamples:
     no valid sample at all is an error (otherwise an unreadable shard set would loop forever).
     """
 
-    def __init__(self, counter: SkipCounter, video: bool) -> None:
-        self.counter, self.video = counter, video
+    def __init__(
+        self,
+        counter: SkipCounter,
+        video: bool,
+        expected: dict[str, tuple[int, int]] | None = None,
+        pair_key: str = "captions",
+    ) -> None:
+        self.counter, self.video, self.expected, self.pair_key = counter, video, expected or {}, pair_key
+
+    def _shard_done(self, url: str, got: list[int], kinds: dict[str, int]) -> None:
+        """Compare one shard read with its manifest counts; the samples never read are `shard_read` losses."""
+        samples, pairs = self.expected.get(url, (got[0], got[1]))
+        unread = samples - got[0] - sum(kinds.values())
+        if unread > 0:
+            kinds = {**kinds, "shard_read": unread}
+        if samples > got[0] or pairs > got[1]:
+            self.counter.shard_read(url, samples - got[0], pairs - got[1], kinds)
 
     def __call__(self, samples: Iterable[dict | str]) -> Iterator[dict | str]:
         valid = 0
+        got: dict[str, list[int]] = {}  # this read of each shard: [valid samples, their pairs]
+        bad: dict[str, dict[str, int]] = {}  # this read of each shard: samples dropped here, by kind
         for raw in samples:
+            if isinstance(raw, ShardDone):
+                self._shard_done(raw.url, got.pop(raw.url, [0, 0]), bad.pop(raw.url, {}))
+                continue
             if raw is ROUND_END:
                 if valid == 0:
                     raise RuntimeError(
@@ -203,30 +232,39 @@ class ParseSamples:
                 valid = 0
                 yield raw
                 continue
-            key = f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
-            if "json" not in raw:
-                self.counter.skip("incomplete_sample", f"{key} has no json (files: {sorted(raw)})")
+            url = raw.get("__url__", "?")
+            key = f"{url}:{raw.get('__key__', '?')}"
+            out, kind, why = self._parse(raw, key)
+            if out is None:
+                self.counter.skip(kind, why)
+                bad.setdefault(url, {})[kind] = bad.get(url, {}).get(kind, 0) + 1
                 continue
-            try:
-                meta = json.loads(raw["json"])
-            except (ValueError, UnicodeDecodeError) as exn:
-                self.counter.skip("bad_json", f"{key}: {exn}")
-                continue
-            out = {"key": key, "meta": meta}
-            if self.video:
-                frames = sorted((int(m.group(1)), k) for k in raw if (m := _FRAME_KEY.match(k)))
-                if not frames:
-                    self.counter.skip("incomplete_sample", f"{key} has no f000.jpg... frames")
-                    continue
-                out["frames"] = [raw[k] for _, k in frames]
-            else:
-                image_key = next((k for k in IMAGE_KEYS if k in raw), None)
-                if image_key is None:
-                    self.counter.skip("incomplete_sample", f"{key} has no image (files: {sorted(raw)})")
-                    continue
-                out["image"] = raw[image_key]
+            counts = got.setdefault(url, [0, 0])
+            counts[0] += 1
+            counts[1] += len(out["meta"].get(self.pair_key, []))
             valid += 1
             yield out
+
+    def _parse(self, raw: dict, key: str) -> tuple[dict | None, str, str]:
+        """(sample, "", "") or (None, skip kind, detail)."""
+        if "json" not in raw:
+            return None, "incomplete_sample", f"{key} has no json (files: {sorted(raw)})"
+        try:
+            meta = json.loads(raw["json"])
+        except (ValueError, UnicodeDecodeError) as exn:
+            return None, "bad_json", f"{key}: {exn}"
+        out = {"key": key, "meta": meta}
+        if self.video:
+            frames = sorted((int(m.group(1)), k) for k in raw if (m := _FRAME_KEY.match(k)))
+            if not frames:
+                return None, "incomplete_sample", f"{key} has no f000.jpg... frames"
+            out["frames"] = [raw[k] for _, k in frames]
+        else:
+            image_key = next((k for k in IMAGE_KEYS if k in raw), None)
+            if image_key is None:
+                return None, "incomplete_sample", f"{key} has no image (files: {sorted(raw)})"
+            out["image"] = raw[image_key]
+        return out, "", ""
 
 
 class BufferShuffle:
@@ -345,9 +383,11 @@ class DecodeItems:
         seed: int,
         rank: int,
         num_frames: int,
+        pair_key: str = "captions",
     ) -> None:
         self.transform, self.counter, self.state = transform, counter, state
         self.train, self.seed, self.rank, self.num_frames = train, seed, rank, num_frames
+        self.pair_key = pair_key
 
     def _rng(self, item: dict) -> random.Random | None:
         if not self.train:
@@ -372,6 +412,9 @@ class DecodeItems:
                     pixels = self.transform(item["image"], self._rng(item))
             except Exception as exn:  # PIL raises many types on garbage bytes; all mean "cannot decode"
                 self.counter.skip("image_decode", f"{item['key']}: {exn!r}"[:500])
+                if self.train:  # a sample's every pair fails alike: count the sample once, with all its pairs
+                    shard = item["key"].rsplit(":", 1)[0]
+                    self.counter.decode_failed(shard, item["key"], len(item["meta"].get(self.pair_key, [])))
                 failures += 1
                 if failures >= MAX_CONSECUTIVE_FAILURES:
                     raise RuntimeError(
@@ -440,5 +483,7 @@ class Collate:
         if "frame_times" in items[0]:
             batch["frame_times"] = torch.tensor([it["frame_times"] for it in items], dtype=torch.float32)
         batch["skipped"] = self.counter.snapshot()
+        if self.train:
+            batch["lost"] = self.counter.ledger_snapshot()
         batch["worker_id"] = self.state.worker
         return batch

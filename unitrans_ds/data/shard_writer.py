@@ -487,6 +487,14 @@ def _finish(
     }
     skipped = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in state.skipped)
     _write_atomic(out / SKIPPED, skipped.encode("utf-8"))
+    if not manifest["total_samples"]:  # an empty manifest would only fail later, in training
+        (out / MARKER).unlink()
+        reasons = Counter(s["reason"].split(":")[0] for s in state.skipped)
+        raise ShardError(
+            f"no sample was written: all {len(state.skipped)} items were skipped "
+            f"({', '.join(f'{n} {r}' for r, n in reasons.most_common(3))}); check --media-root (the folder the "
+            f"annotation's media paths are relative to) and {out / SKIPPED}. No manifest.json was written"
+        )
     _write_atomic(out / MANIFEST, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
     (out / MARKER).unlink()
     return manifest

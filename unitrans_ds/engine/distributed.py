@@ -68,9 +68,26 @@ def sum_over_ranks(values: dict[str, int], device: torch.device, keys: list[str]
     return {k: int(v) for k, v in zip(keys, t.tolist())}
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Collective: True on every rank when `flag` is True on any rank (e.g. "my write failed")."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def gather_objects(obj) -> list:
+    """Collective: every rank's `obj` (picklable, small), in rank order, on every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast_object(obj, src: int = 0):

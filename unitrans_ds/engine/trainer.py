@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import resource
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +22,20 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..adapters import prepare_model, save_adapter, trainable_state_dict, zero3_register_external
-from ..config import Config, flatten, save_config, to_dict
+from ..config import Config, ConfigError, flatten, save_config, to_dict
 from ..data.loaders import check_shards, train_loader_from_config
 from ..data.manifest import read_manifest
-from ..data.skips import SkipTotals
+from ..data.skips import DataLossError, SkipTotals, describe_loss, loss_summary, merge_ledgers
 from ..models.build import load_backbone
 from ..tasks import build_task
 from ..tracking import build_tracker
-from .checkpoint import TrainState, latest_tag, load_checkpoint, save_checkpoint
-from .distributed import barrier, init_distributed, mean_over_ranks, sum_over_ranks
+from ..tracking.base import METRICS_FILE
+from .checkpoint import TrainState, latest_tag, load_checkpoint, logged_after, save_checkpoint
+from .distributed import barrier, gather_objects, init_distributed, mean_over_ranks, sum_over_ranks
 from .ds_config import bf16_supported, resolve_ds_config
 from .eval_model import EvalModel
 from .optim import build_optimizer, build_scheduler, clamp_temperature, temperature_param
+from .stop import EXIT_STOPPED, StopRequest
 from .versions import collect_versions, git_commit
 
 log = logging.getLogger("unitrans_ds.train")
@@ -49,27 +50,7 @@ class RunResult:
     metrics: dict[str, float]
     state: TrainState
     mlflow_run_id: str | None
-
-
-class _Stop:
-    """SIGTERM sets a flag; the loop saves a checkpoint at the next step boundary and exits cleanly."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old = None
-
-    def __enter__(self):
-        with contextlib.suppress(ValueError):  # not the main thread
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        log.warning("SIGTERM received: saving a checkpoint and stopping at the next step")
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+    status: str = "FINISHED"  # KILLED when stopped by SIGTERM (a checkpoint was written)
 
 
 def _peak_memory_mib() -> float:
@@ -96,6 +77,11 @@ class Trainer:
         self.resume = resume if resume is not None else cfg.train.resume
         torch.manual_seed(cfg.train.seed)
 
+        if cfg.train.precision == "fp16" and not torch.cuda.is_available():
+            raise ConfigError(
+                "train.precision is fp16 but there is no CUDA device (DeepSpeed's fp16 loss scaling needs one): "
+                "set train.precision to auto or fp32"
+            )
         self.ds_cfg = resolve_ds_config(ds_config, cfg, self.world, bf16_supported())
         self.stage = int(self.ds_cfg.get("zero_optimization", {}).get("stage", 0))
         self.train_loader = train_loader_from_config(cfg, rank=self.rank, world_size=self.world)
@@ -110,6 +96,12 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
         backbone = load_backbone(cfg.model, cfg.task, seed=cfg.train.seed)
+        patch = backbone.model.config.vision_config.patch_size
+        if cfg.model.image_size % patch:  # the ViT would silently drop the pixels past the last whole patch
+            raise ConfigError(
+                f"model.image_size ({cfg.model.image_size}) is not a multiple of the patch size ({patch}) of "
+                f"{backbone.source}; use e.g. {cfg.model.image_size // patch * patch or patch}"
+            )
         # as the user gave it (hub name or the folder as the config names it): the adapter's base_model_name_or_path
         self.base_name, self.tokenizer = cfg.model.init_from, backbone.tokenizer
         self.report = prepare_model(backbone.model, cfg.method)
@@ -129,6 +121,7 @@ class Trainer:
         self.state = TrainState()
         self.eval_model = EvalModel(cfg, self.engine, self.stage, self.rank, self.world)
         self.skips = SkipTotals()
+        self._logged_before: dict[int, set[str]] = {}  # step -> names logged by the run this one resumes
 
     # ------------------------------------------------------------------ set-up helpers
     @property
@@ -179,7 +172,20 @@ class Trainer:
         names = set(trainable_state_dict(self.engine.module))
         self.state = load_checkpoint(self.engine, ckpt_dir, self.rank, names)
         if self.rank == 0:
+            self._logged_before = logged_after(self.run_dir / METRICS_FILE, self.state.step)
             print(f"[unitrans_ds] resumed from {ckpt_dir} at step {self.state.step}", flush=True)
+
+    def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log through the tracker, dropping what a run stopped after its last checkpoint already logged.
+
+        A resumed run repeats the steps between that checkpoint and the stop, with identical values; the run
+        folder's metrics file says which (step, name) pairs are in already, so each step is logged once.
+        """
+        done = self._logged_before.get(step)
+        if done:
+            metrics = {k: v for k, v in metrics.items() if k not in done}
+        if metrics:
+            self.tracker.log_metrics(metrics, step)
 
     # ------------------------------------------------------------------ evaluation and export
     def export_adapter(self, name: str) -> Path | None:
@@ -241,6 +247,7 @@ class Trainer:
         skipped = sum_over_ranks(
             self.skips.totals(), self.task.device, ["shard_read", "bad_json", "incomplete_sample", "image_decode"]
         )
+        loss = self._data_loss()
         elapsed = max(time.perf_counter() - t0, 1e-9)
         metrics = {f"train/{k}": v for k, v in means.items()}
         metrics.update(
@@ -250,20 +257,38 @@ class Trainer:
                 "train/step_time_s": elapsed / max(n, 1),
                 "train/peak_memory_mib": _peak_memory_mib(),
                 "train/epoch": self.state.epoch,
-                "train/skipped_samples": float(sum(skipped.values())),
+                "train/lost_samples": float(loss["lost_samples"]),  # against the manifest (data/skips.py)
+                "train/lost_pairs": float(loss["lost_pairs"]),
             }
         )
-        metrics.update({f"train/skipped_{k}": float(v) for k, v in skipped.items()})
-        self.tracker.log_metrics(metrics, self.state.step)
+        metrics.update({f"train/skipped_{k}": float(v) for k, v in skipped.items()})  # events, per kind
+        self._log_metrics(metrics, self.state.step)
+        limit = self.cfg.data.max_skip_fraction
+        if loss["lost_fraction"] > limit:  # every rank sees the same gathered numbers and stops alike
+            raise DataLossError(
+                f"data.max_skip_fraction={limit}: {describe_loss(loss)}; rewrite those shards "
+                "(python -m unitrans_ds.make_shards) or raise data.max_skip_fraction"
+            )
         if self.rank == 0:
             tqdm.write(
                 f"step {self.state.step}/{self.total_steps} loss {metrics.get('train/loss', float('nan')):.4f} "
                 f"lr {metrics['train/lr']:.2e} {metrics['train/samples_per_s']:.1f} samples/s"
             )
 
-    def _train_loop(self, stop: _Stop) -> str:
+    def _data_loss(self) -> dict:
+        """Collective: what the training data lost so far, over every rank, in samples and pairs per shard."""
+        unit = "questions" if self.cfg.task == "vqa" else "captions"
+        ledger = merge_ledgers(gather_objects(self.skips.ledger))
+        manifest = self.train_loader.manifest
+        return loss_summary(ledger, manifest.total_samples, manifest.num_items(unit), unit)
+
+    def _train_loop(self, stop: StopRequest) -> str:
+        # `with`: an error closes the bar first, so its one line is not glued to the end of the bar
+        with tqdm(total=self.total_steps, initial=self.state.step, desc="train", disable=self.rank != 0) as bar:
+            return self._train_steps(stop, bar)
+
+    def _train_steps(self, stop: StopRequest, bar: tqdm) -> str:
         cfg = self.cfg.train
-        bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", disable=self.rank != 0)
         sums: dict[str, float] = {}
         n, samples, t0 = 0, 0, time.perf_counter()
         self.engine.train()
@@ -297,12 +322,12 @@ class Trainer:
                     self._log_train(sums, n, t0, samples)
                     sums, n, samples, t0 = {}, 0, 0, time.perf_counter()
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
-                    self.tracker.log_metrics(self._validate_and_export(), step)
+                    self._log_metrics(self._validate_and_export(), step)
                     self.engine.train()
-                if (cfg.save_every and step % cfg.save_every == 0) or stop.requested:
+                stopping = stop.agreed(self.task.device)  # collective: all ranks stop on this same step or none
+                if (cfg.save_every and step % cfg.save_every == 0) or stopping:
                     save_checkpoint(self.engine, self.run_dir / "checkpoints", self.state, self.rank, cfg.keep_last)
-                if stop.requested:
-                    bar.close()
+                if stopping:
                     return "KILLED"
                 if step >= self.total_steps:
                     break
@@ -310,7 +335,6 @@ class Trainer:
                 self.skips.end_epoch()
                 self.state.epoch += 1
                 self.state.step_in_epoch = 0
-        bar.close()
         return "FINISHED"
 
     def run(self) -> RunResult:
@@ -319,38 +343,49 @@ class Trainer:
         status = "FAILED"
         metrics: dict[str, float] = {}
         try:
-            with _Stop() as stop:
+            with StopRequest() as stop:
                 if self.state.step == 0 and self.cfg.train.zero_shot_eval and self.cfg.data.val_shards:
                     before = self.evaluate("val")
-                    self.tracker.log_metrics(before, 0)
+                    self._log_metrics(before, 0)
                     metrics.update({k.replace("val/", "val_before/"): v for k, v in before.items()})
                     self.engine.train()
                 status = self._train_loop(stop)
             if status == "FINISHED":
                 metrics.update(self._finish())
-            self.tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("val_before/")}, 0)
+            self._log_metrics({k: v for k, v in metrics.items() if k.startswith("val_before/")}, 0)
         except BaseException:
             self.tracker.finish("FAILED")
             raise
         self.tracker.finish(status)
-        return RunResult(self.run_dir, metrics, self.state, self.state.mlflow_run_id)
+        return RunResult(self.run_dir, metrics, self.state, self.state.mlflow_run_id, status)
 
     def _finish(self) -> dict[str, float]:
         """Final validation (best adapter), adapter export, test evaluation with the best adapter, checkpoint."""
         final = self._validate_and_export() if self.cfg.data.val_shards else {}
-        self.tracker.log_metrics(final, self.state.step)
+        self._log_metrics(final, self.state.step)
         out = self.export_adapter("adapter_final")
         if self.rank == 0:
             self.tracker.log_artifact(out, artifact_path="adapter_final")
             if (self.run_dir / "adapter_best").is_dir():
                 self.tracker.log_artifact(self.run_dir / "adapter_best", artifact_path="adapter_best")
         test = self._test_with_best()
-        self.tracker.log_metrics(test, self.state.step)
-        if self.cfg.train.save_every:
-            save_checkpoint(self.engine, self.run_dir / "checkpoints", self.state, self.rank, self.cfg.train.keep_last)
-        metrics = {**final, **test}
+        self._log_metrics(test, self.state.step)
+        save_checkpoint(self.engine, self.run_dir / "checkpoints", self.state, self.rank, self.cfg.train.keep_last)
+        loss = self._data_loss()
+        metrics = {
+            **final,
+            **test,
+            "train/steps": float(self.state.step),
+            "train/samples_seen": float(self.state.samples_seen),
+            "data/lost_samples": float(loss["lost_samples"]),
+            "data/lost_pairs": float(loss["lost_pairs"]),
+            "data/lost_fraction": loss["lost_fraction"],
+        }
         if self.rank == 0:
             (self.run_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+            (self.run_dir / "data_loss.json").write_text(json.dumps(loss, indent=2))
+            self.tracker.log_dict(loss, "data_loss.json")
+            print(f"[unitrans_ds] data: {describe_loss(loss)}", flush=True)
         return metrics
 
     def _test_with_best(self) -> dict[str, float]:
@@ -392,7 +427,14 @@ def train(cfg: Config, ds_config: str | Path, resume: str | None = None) -> RunR
     """Build everything and run. Returns the run folder, the final metrics and the train state."""
     trainer = Trainer(cfg, ds_config, resume)
     result = trainer.run()
-    if trainer.rank == 0:
+    if trainer.rank == 0 and result.status == "KILLED":
+        print(
+            f"[unitrans_ds] stopped at step {result.state.step}/{trainer.total_steps} by request; checkpoint written "
+            f"to {result.run_dir / 'checkpoints'}. To continue, rerun the same command with --resume "
+            f"(or train.resume=auto). Exit status {EXIT_STOPPED}.",
+            flush=True,
+        )
+    elif trainer.rank == 0:
         _print_gain(result.metrics)
         shown = {k: round(v, 4) for k, v in sorted(result.metrics.items()) if not math.isnan(v)}
         print(f"[unitrans_ds] done: {json.dumps(shown)}\n[unitrans_ds] run folder: {result.run_dir}", flush=True)

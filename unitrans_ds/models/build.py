@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoTokenizer,
     BertTokenizer,
@@ -254,6 +255,12 @@ def _build_pretrained(model_cfg: ModelConfig, task: str) -> tuple[PreTrainedMode
         )
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"cannot load {cls.__name__} from {source!r}: {err}") from err
+    except SafetensorError as err:  # a truncated or corrupted weights file
+        files = ", ".join(str(f) for f in sorted(folder.glob("*.safetensors"))) if folder.is_dir() else source
+        raise ModelLoadError(
+            f"cannot read the weights of model.init_from={source!r} ({files}): {err}; the file is corrupted or "
+            "cut short, copy or download it again"
+        ) from None
     new = sorted(info.get("missing_keys", []))
     if new:
         logger.warning(
