@@ -141,6 +141,11 @@ def validate(cfg: Config) -> list[str]:
         errs.append(f"`train.max_steps` must be >= 1 or null, got {t.max_steps}")
     if t.keep_last < 1:
         errs.append(f"`train.keep_last` must be >= 1, got {t.keep_last}")
+    tr = cfg.tracking
+    if tr.system_metrics_interval_s is not None and not tr.system_metrics_interval_s > 0:
+        errs.append(f"`tracking.system_metrics_interval_s` must be > 0 or null, got {tr.system_metrics_interval_s}")
+    if not tr.finish_timeout_s >= 0:
+        errs.append(f"`tracking.finish_timeout_s` must be >= 0, got {tr.finish_timeout_s}")
     if cfg.eval.vqa_inference not in ("rank", "generate"):
         errs.append(f"`eval.vqa_inference` must be `rank` or `generate`, got {cfg.eval.vqa_inference!r}")
     if cfg.data.num_frames < 1:
