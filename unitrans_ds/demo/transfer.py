@@ -56,7 +56,7 @@ DEMO_TASKS: dict[str, DemoTask] = {
     t.name: t
     for t in (
         DemoTask("image_retrieval", "image retrieval", "retrieval", False, "retrieval", "image_b", "r_mean"),
-        DemoTask("captioning", "captioning", "captioning", False, "captioning", "image_b", "CIDEr"),
+        DemoTask("captioning", "captioning", "captioning", False, "captioning", "image_b", "cider"),
         DemoTask("vqa", "VQA", "vqa", False, "vqa", "image_b", "overall"),
         DemoTask(
             "video_retrieval",
@@ -179,6 +179,7 @@ def run_frozen(cfg: Config, demo: DemoTask, seed: int, budget: Budget) -> RunRec
     from ..models.build import load_backbone
     from ..tasks import build_task
     from ..tracking import build_tracker
+    from ..tracking.run_info import split_metrics
 
     t0 = time.perf_counter()
     rank, world, _ = init_distributed()
@@ -193,8 +194,9 @@ def run_frozen(cfg: Config, demo: DemoTask, seed: int, budget: Budget) -> RunRec
     run_id = tracker.start(cfg.tracking.run_name, tags, params)
     try:
         metrics = evaluate(task, cfg, cfg.data.test_shards, rank, world, out_dir=run_dir / "eval" / budget.split)
-        metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        tracker.log_metrics({f"test/{k}": v for k, v in metrics.items()}, 0)
+        logged = split_metrics("test", metrics)
+        tracker.log_metrics(logged, 0)
+        metrics = _test_metrics(logged, "test")
     except BaseException:
         tracker.finish("FAILED")
         raise

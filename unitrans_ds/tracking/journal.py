@@ -120,3 +120,14 @@ def write_cursor(run_dir: str | Path, cursor: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(cursor, indent=1))
     os.replace(tmp, path)
+
+
+def recorded_run_id(run_dir: str | Path) -> str | None:
+    """The MLflow run id a run folder was logged to (from `mlflow_sync.json`, else the last row of `metrics.jsonl`)."""
+    run_id = read_cursor(run_dir).get("run_id")
+    if run_id:
+        return run_id
+    for _, row in reversed(MetricsFile(run_dir).rows()):
+        if row.get("run_id"):
+            return row["run_id"]
+    return None
