@@ -41,7 +41,7 @@ class Server:
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend, "--host", "127.0.0.1",
                "--port", str(self.port), "--workers", "1", "--default-artifact-root", str(self.root / "artifacts")]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             try:
                 urllib.request.urlopen(f"{self.uri}/health", timeout=1)
@@ -49,7 +49,7 @@ class Server:
             except OSError:
                 time.sleep(0.3)
         self.stop()
-        pytest.fail("mlflow server did not come up in 120 s")
+        pytest.fail("mlflow server did not come up in 300 s")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -193,3 +193,40 @@ def test_sync_of_a_folder_without_journal_is_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'mlflow_journal.jsonl'} is missing or empty: {tmp_path} is not a run folder"
     ]
+
+
+def test_plain_mlflow_ui_shows_runs_logged_with_the_defaults(tmp_path, monkeypatch):
+    """No tracking URI anywhere: `mlflow ui` with no arguments, started in the same folder, serves the run."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = TrackingConfig(experiment="defaults", system_metrics_interval_s=None)
+    t = build_tracker(cfg, rank=0, run_dir=tmp_path / "run")
+    run_id = t.start("r", {}, {"p": 1})
+    t.log_metrics({"train/loss": 0.5}, step=1)
+    t.log_artifact(tmp_path / "run" / METRICS_FILE)
+    t.finish()
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300  # a loaded machine: MLflow's server imports take a while
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow ui did not come up in 300 s"
+                time.sleep(0.3)
+        client = _client(uri)
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.metrics == {"train/loss": 0.5}
+        assert [a.path for a in client.list_artifacts(run_id)] == [METRICS_FILE]
+        with urllib.request.urlopen(f"{uri}/get-artifact?path={METRICS_FILE}&run_uuid={run_id}", timeout=30) as r:
+            assert json.loads(r.read().splitlines()[0])["train/loss"] == 0.5  # the UI's artifact view reads it
+    finally:
+        os.killpg(ui.pid, signal.SIGKILL)
+        ui.wait(timeout=30)

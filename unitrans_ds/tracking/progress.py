@@ -51,6 +51,7 @@ class LineProgress:
         self.n = self.start_n = initial
         self.t0 = self.last = time.monotonic()
         self.closed = False
+        self.printed_n: int | None = None
 
     def __iter__(self) -> Iterator:
         for item in self.iterable:
@@ -77,12 +78,17 @@ class LineProgress:
         now = time.monotonic()
         if now - self.last >= self.interval_s:
             self.last = now
-            print(self.line(), file=sys.stderr, flush=True)
+            self._print()
+
+    def _print(self) -> None:
+        self.printed_n = self.n
+        print(self.line(), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            print(self.line(), file=sys.stderr, flush=True)
+            if self.printed_n != self.n:  # the last line already says where it ended
+                self._print()
 
     @staticmethod
     def write(text: str) -> None:
