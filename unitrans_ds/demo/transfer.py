@@ -447,7 +447,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shards", default="shards/demo", help="demo shards root (image_b/, video_b/)")
     p.add_argument("--run-root", default="runs/transfer", help="trainer run folders (adapters, eval outputs)")
     p.add_argument(
-        "--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns)"
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default ./mlflow.db, where `mlflow ui` looks)",
     )
     p.add_argument("--ds-config", default="ds_configs/zero0.json", help="DeepSpeed JSON (one rank)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared CPU)")
