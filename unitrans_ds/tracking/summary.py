@@ -20,7 +20,7 @@ def _cell(value: float | None) -> str:
         return "-"
     if math.isnan(value):
         return "nan"
-    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+    return f"{value:.4g}"  # 4 significant digits: 43.75 recall, 0.5123 CIDEr, 0 and 100 without noise
 
 
 def summary_table(metrics: dict[str, float], run_dir: str | Path, run_id: str | None = None) -> str:
