@@ -66,8 +66,8 @@ def test_summary_table_reads_as_a_table():
     assert text.splitlines() == [
         "[unitrans_ds] results (MLflow run abc123, see `mlflow ui`)",
         "  metric  val_before         val        test",
-        "  cider            -           -      0.5000",
-        "  r_mean       10.00       40.50       39.25",
+        "  cider            -           -         0.5",
+        "  r_mean          10        40.5       39.25",
         "[unitrans_ds] run folder: runs/x",
     ]
 
