@@ -1,10 +1,10 @@
 """The end-of-run summary: one table a person reads, instead of a JSON blob.
 
-    [unitrans_ds] results (MLflow run 3f2a..., see `mlflow ui`)
-      metric  val_before         val        test
-      r_mean        21.4       48.75        47.1
-      txt_r1          30          60          58
-    [unitrans_ds] run folder: runs/demo_retrieval
+[unitrans_ds] results (MLflow run 3f2a..., see `mlflow ui`)
+  metric  val_before         val        test
+  r_mean        21.4       48.75        47.1
+  txt_r1          30          60          58
+[unitrans_ds] run folder: runs/demo_retrieval
 """
 
 from __future__ import annotations
