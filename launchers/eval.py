@@ -15,7 +15,6 @@ config, adapter that does not fit, split without ground truth), with the reason 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -122,11 +121,14 @@ def build_model(cfg, adapter: str | None, local_rank: int):
     return model, backbone.tokenizer, cfg
 
 
-def log_to_mlflow(cfg, args, rank: int, out: Path, metrics: dict[str, float], step: int) -> None:
+def start_mlflow_run(cfg, args, rank: int, world: int, out: Path):
+    """Open the evaluation's MLflow run before it evaluates (so its duration is the evaluation's), linked to the
+    training run whose run folder holds `--adapter` (tag `unitrans_ds.train_run_id`, and as MLflow parent)."""
     import dataclasses
 
-    from unitrans_ds.config import flatten, to_dict
     from unitrans_ds.tracking import build_tracker
+    from unitrans_ds.tracking.journal import recorded_run_id
+    from unitrans_ds.tracking.run_info import run_params, standard_tags
 
     tracker = build_tracker(dataclasses.replace(cfg.tracking, enabled=True), rank, out)
     name = cfg.tracking.run_name or f"eval-{cfg.task}{'-video' if cfg.video else ''}-{cfg.method.name}-{args.split}"
@@ -137,12 +139,14 @@ def log_to_mlflow(cfg, args, rank: int, out: Path, metrics: dict[str, float], st
         "dataset": cfg.data.dataset,
         "split": args.split,
         "adapter": str(Path(args.adapter).resolve()) if args.adapter else "none (zero-shot)",
+        **standard_tags("launchers/eval.py"),
     }
-    params = {**flatten(to_dict(cfg)), "eval.split": args.split, "eval.adapter": tags["adapter"]}
+    train_run = recorded_run_id(Path(args.adapter).resolve().parent) if args.adapter else None
+    if train_run:
+        tags.update({"unitrans_ds.train_run_id": train_run, "mlflow.parentRunId": train_run})
+    params = {**run_params(cfg, {}, {}, world), "eval.split": args.split, "eval.adapter": tags["adapter"]}
     tracker.start(name, tags, params)
-    tracker.log_metrics(metrics, step)
-    tracker.log_artifact(out, artifact_path=f"eval_{args.split}")
-    tracker.finish("FINISHED")
+    return tracker
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
@@ -152,6 +156,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     from unitrans_ds.data.remote import is_remote
     from unitrans_ds.evaluation import evaluate
     from unitrans_ds.tasks import build_task
+    from unitrans_ds.tracking import NullTracker
+    from unitrans_ds.tracking.run_info import split_metrics
+    from unitrans_ds.tracking.summary import summary_table
 
     cfg = load_config(args.config, args.overrides)
     split_dir = getattr(cfg.data, f"{args.split}_shards")
@@ -173,13 +180,19 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         save_config(cfg, out / "config.yaml")
         what = f"adapter {args.adapter}" if args.adapter else f"{cfg.method.name} at init (zero-shot)"
         print(f"[unitrans_ds] evaluating {cfg.task} on {split_dir} with {what}, {world} rank(s)", flush=True)
-    metrics = evaluate(task, cfg, split_dir, rank=rank, world_size=world, out_dir=out)
+    tracker = start_mlflow_run(cfg, args, rank, world, out) if args.mlflow else NullTracker()
+    try:
+        metrics = evaluate(task, cfg, split_dir, rank=rank, world_size=world, out_dir=out)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    logged = split_metrics(args.split, metrics)  # the names training logs: `test/r_mean`, `test_info/n_images`
+    step = int(read_adapter_config(args.adapter).get("step", 0)) if args.adapter else 0
+    tracker.log_metrics(logged, step)
+    tracker.log_artifact(out, artifact_path=f"eval_{args.split}")
+    tracker.finish("FINISHED")
     if rank == 0:
-        print(json.dumps({k: round(v, 4) for k, v in sorted(metrics.items())}), flush=True)
-        print(f"[unitrans_ds] outputs in {out}", flush=True)
-        if args.mlflow:
-            step = int(read_adapter_config(args.adapter).get("step", 0)) if args.adapter else 0
-            log_to_mlflow(cfg, args, rank, out, metrics, step)
+        print(summary_table(logged, out, tracker.run_id), flush=True)
     return metrics
 
 

@@ -116,18 +116,33 @@ def test_saved_adapter_plain_python_equals_in_process_and_two_deepspeed_ranks_wi
     # ... and 2 ranks under the deepspeed launcher give the same metrics, logged to a real MLflow store.
     from mlflow.tracking import MlflowClient
 
+    from unitrans_ds.config.schema import TrackingConfig
+    from unitrans_ds.tracking import build_tracker
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # the training run the adapter came from: its run folder (the adapter's parent) records its MLflow run
+    tracking = TrackingConfig(experiment="eval-test", tracking_uri=uri, system_metrics_interval_s=None)
+    train = build_tracker(tracking, 0, Path(setup["adapter"]).parent)
+    train_id = train.start("the-training-run", {"kind": "train"}, {})
+    train.finish()
     two = tmp_path / "two"
     ok(run_eval([*base, "--out", str(two), "--mlflow"], ranks=2, env={"MLFLOW_TRACKING_URI": uri}))
     m2 = json.loads((two / "metrics.json").read_text())
     metrics.pop("eval_seconds"), m2.pop("eval_seconds")
     assert m2 == metrics
     client = MlflowClient(tracking_uri=uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("eval-test").experiment_id])
-    assert run.data.metrics["r_mean"] == pytest.approx(m2["r_mean"])
+    experiment = client.get_experiment_by_name("eval-test").experiment_id
+    (run,) = client.search_runs([experiment], "tags.kind = 'eval'")
+    assert run.data.tags["unitrans_ds.train_run_id"] == train_id == run.data.tags["mlflow.parentRunId"]
+    # the names training logs (`test/r_mean`; counts and timing under `test_info/`)
+    assert run.data.metrics["test/r_mean"] == pytest.approx(m2["r_mean"])
+    assert run.data.metrics["test_info/n_images"] == m2["n_images"] and "r_mean" not in run.data.metrics
     assert run.data.tags["kind"] == "eval" and run.data.tags["split"] == "test"
+    assert run.data.tags["mlflow.source.name"] == "launchers/eval.py"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"eval_test"}
-    assert [h.step for h in client.get_metric_history(run.info.run_id, "r_mean")] == [7]  # the adapter's step
+    assert [h.step for h in client.get_metric_history(run.info.run_id, "test/r_mean")] == [7]  # the adapter's step
+    # the run was open while it evaluated: it lasts at least the evaluation
+    assert run.info.end_time - run.info.start_time >= 1000 * run.data.metrics["test_info/eval_seconds"]
 
 
 def test_zero_shot_vqa_in_process_writes_into_the_default_folder(setup, tmp_path):

@@ -90,6 +90,10 @@ def ok(proc) -> None:
 def test_two_ranks_zero2_each_task_with_mlflow(task, shards, tmp_path):
     from mlflow.tracking import MlflowClient
 
+    from unitrans_ds.data.manifest import read_manifest
+    from unitrans_ds.engine.versions import git_commit
+    from unitrans_ds.tracking.run_info import manifest_digest
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
     # Retrieval validates at every step (best-adapter selection); the generative tasks, slower to evaluate, test only.
@@ -98,7 +102,7 @@ def test_two_ranks_zero2_each_task_with_mlflow(task, shards, tmp_path):
     proc = launch(args, ranks=2, env={"MLFLOW_TRACKING_URI": uri})
     ok(proc)
     final = json.loads((out / "final_metrics.json").read_text())
-    key = {"retrieval": "test/r_mean", "captioning": "test/CIDEr", "vqa": "test/overall"}[task]
+    key = {"retrieval": "test/r_mean", "captioning": "test/cider", "vqa": "test/overall"}[task]
     assert key in final, sorted(final)
     assert (out / "adapter_final" / "adapter_model.safetensors").is_file()
 
@@ -107,13 +111,34 @@ def test_two_ranks_zero2_each_task_with_mlflow(task, shards, tmp_path):
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     p, m, tags = run.data.params, run.data.metrics, run.data.tags
-    assert p["method"] == "unitrans" and p["task"] == task and p["world_size"] == "2"
+    assert p["method.name"] == "unitrans" and p["task"] == task and p["world_size"] == "2"
     assert int(p["params.trainable"]) > 0 and int(p["params.total"]) > int(p["params.trainable"])
-    assert {"version.torch", "version.transformers", "version.deepspeed", "version.unitrans_ds", "git_commit"} <= set(p)
-    assert p["ds.zero_optimization.stage"] == "2" and p["ds.train_micro_batch_size_per_gpu"] == "4"
+    assert {"version.torch", "version.transformers", "version.deepspeed", "version.unitrans_ds"} <= set(p)
+    # one name per setting, YAML spellings, only settings that apply
+    assert p["ds.zero_optimization.stage"] == "2" and p["train.micro_batch_size"] == "4"
+    assert not {"method", "zero_stage", "ds.train_micro_batch_size_per_gpu", "git_commit"} & set(p)
+    assert p["train.max_steps"] == "3" and p["train.zero_shot_eval"] == "false" and p["train.resume"] == "null"
+    assert not [k for k in p if k.startswith("tracking.")]
+    assert ("method.mcam_weight" in p) == (task == "retrieval") and "method.lora_alpha" not in p
     assert {"train/loss", "train/lr", "train/samples_per_s", "train/step_time_s", "train/peak_memory_mib"} <= set(m)
-    assert key in m
+    parts = {"retrieval": ["train/loss_itc", "train/loss_itm"], "captioning": ["train/loss_lm"]}.get(
+        task, ["train/loss_vqa"]
+    )
+    assert m["train/loss"] == pytest.approx(sum(m[k] for k in parts), rel=1e-5)
+    if task == "retrieval":  # MCAM is the method's own term: in the objective, not in the comparable loss
+        assert m["train/objective"] == pytest.approx(m["train/loss"] + m["train/loss_mcam"], rel=1e-5)
+    assert key in m and f"test_info/{'n_questions' if task == 'vqa' else 'n_images'}" in m
+    assert "test_info/eval_seconds" in m and not [k for k in m if k.startswith("test/n_")]
     assert tags["task"] == task and tags["method"] == "unitrans" and tags["dataset"] == "shapes-b"
+    assert tags["mlflow.source.name"] == "launchers/train.py" and tags["mlflow.user"]
+    assert tags.get("mlflow.source.git.commit") == git_commit()
+    inputs = {(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs}
+    digests = {s: manifest_digest(read_manifest(shards / s).raw) for s in ("train", "test")}
+    assert {("shapes-b/train", digests["train"]), ("shapes-b/test", digests["test"])} <= inputs
+    # the log: a summary table, plain progress lines (no carriage returns), metrics.jsonl rows that name the run
+    assert f"[unitrans_ds] results (MLflow run {run.info.run_id}" in proc.stdout and "\r" not in proc.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["run_id"] == run.info.run_id and len(r) > 3 for r in rows)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "ds_config.json", "adapter_final"} <= artifacts
     history = client.get_metric_history(run.info.run_id, "train/loss")

@@ -166,6 +166,11 @@ def validate(cfg: Config) -> list[str]:
             errs.append(f"`train.{key}` must be >= 0 (0 = only at the end), got {getattr(t, key)}")
     if t.log_every < 1:
         errs.append(f"`train.log_every` must be >= 1, got {t.log_every}")
+    tr = cfg.tracking
+    if tr.system_metrics_interval_s is not None and not tr.system_metrics_interval_s > 0:
+        errs.append(f"`tracking.system_metrics_interval_s` must be > 0 or null, got {tr.system_metrics_interval_s}")
+    if not tr.finish_timeout_s >= 0:
+        errs.append(f"`tracking.finish_timeout_s` must be >= 0, got {tr.finish_timeout_s}")
     if cfg.eval.vqa_inference not in ("rank", "generate"):
         errs.append(f"`eval.vqa_inference` must be `rank` or `generate`, got {cfg.eval.vqa_inference!r}")
     for key, value, allowed in (

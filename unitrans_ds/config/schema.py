@@ -263,8 +263,19 @@ class EvalConfig:
 class TrackingConfig:
     experiment: str = _help("MLflow experiment name.", "unitrans-demo")
     run_name: str | None = _help("MLflow run name; default `<task>-<method>-<dataset>`.", None)
-    tracking_uri: str | None = _help("MLflow tracking URI; null honours MLFLOW_TRACKING_URI, else ./mlruns.", None)
+    tracking_uri: str | None = _help(
+        "MLflow tracking URI; null honours MLFLOW_TRACKING_URI, else MLflow's own default (where `mlflow ui` looks).",
+        None,
+    )
     enabled: bool = _help("Log to MLflow at all.", True)
+    system_metrics_interval_s: float | None = _help(
+        "Seconds between system metric samples (CPU, memory, disk, network, GPU: `system/*`); null for none.", 10.0
+    )
+    finish_timeout_s: float = _help(
+        "At the end of a run, how long to keep retrying an unreachable MLflow before leaving the rest to "
+        "`python -m unitrans_ds.tracking.sync RUN_DIR`.",
+        120.0,
+    )
 
 
 @dataclass

@@ -58,7 +58,7 @@ DEMO_TASKS: dict[str, DemoTask] = {
     t.name: t
     for t in (
         DemoTask("image_retrieval", "image retrieval", "retrieval", False, "retrieval", "image_b", "r_mean"),
-        DemoTask("captioning", "captioning", "captioning", False, "captioning", "image_b", "CIDEr"),
+        DemoTask("captioning", "captioning", "captioning", False, "captioning", "image_b", "cider"),
         DemoTask("vqa", "VQA", "vqa", False, "vqa", "image_b", "overall"),
         DemoTask(
             "video_retrieval",
@@ -181,6 +181,7 @@ def run_frozen(cfg: Config, demo: DemoTask, seed: int, budget: Budget) -> RunRec
     from ..models.build import load_backbone
     from ..tasks import build_task
     from ..tracking import build_tracker
+    from ..tracking.run_info import split_metrics
 
     t0 = time.perf_counter()
     rank, world, _ = init_distributed()
@@ -195,8 +196,9 @@ def run_frozen(cfg: Config, demo: DemoTask, seed: int, budget: Budget) -> RunRec
     run_id = tracker.start(cfg.tracking.run_name, tags, params)
     try:
         metrics = evaluate(task, cfg, cfg.data.test_shards, rank, world, out_dir=run_dir / "eval" / budget.split)
-        metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        tracker.log_metrics({f"test/{k}": v for k, v in metrics.items()}, 0)
+        logged = split_metrics("test", metrics)
+        tracker.log_metrics(logged, 0)
+        metrics = _test_metrics(logged, "test")
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -447,7 +449,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shards", default="shards/demo", help="demo shards root (image_b/, video_b/)")
     p.add_argument("--run_root", default="runs/transfer", help="trainer run folders (adapters, eval outputs)")
     p.add_argument(
-        "--tracking_uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns)"
+        "--tracking_uri",
+        default=None,
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default ./mlflow.db, where `mlflow ui` looks)",
     )
     p.add_argument("--ds_config", default="ds_configs/zero0.json", help="DeepSpeed JSON (one rank)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared CPU)")

@@ -11,18 +11,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from .. import __version__
 from ..adapters import prepare_model, save_adapter, trainable_state_dict, zero3_register_external
-from ..config import Config, ConfigError, flatten, save_config, to_dict
+from ..config import Config, ConfigError, save_config
 from ..data.loaders import check_shards, train_loader_from_config
 from ..data.manifest import read_manifest
 from ..data.skips import DataLossError, SkipTotals, describe_loss, loss_summary, merge_ledgers
@@ -30,18 +27,20 @@ from ..models.build import load_backbone
 from ..tasks import build_task
 from ..tracking import build_tracker
 from ..tracking.base import METRICS_FILE
+from ..tracking.progress import progress, write
+from ..tracking.run_info import metric_key, run_params, shard_datasets, split_metrics, standard_tags
+from ..tracking.summary import summary_table
 from .checkpoint import TrainState, latest_tag, load_checkpoint, logged_after, save_checkpoint
 from .distributed import barrier, gather_objects, init_distributed, mean_over_ranks, sum_over_ranks
 from .ds_config import bf16_supported, resolve_ds_config
 from .eval_model import EvalModel
 from .optim import build_optimizer, build_scheduler, clamp_temperature, temperature_param
 from .stop import EXIT_STOPPED, StopRequest
-from .versions import collect_versions, git_commit
 
 log = logging.getLogger("unitrans_ds.train")
 
 #: the metric each task's `best_metric` default refers to, when the config leaves the retrieval default
-_DEFAULT_BEST = {"retrieval": "r_mean", "captioning": "CIDEr", "vqa": "overall"}
+_DEFAULT_BEST = {"retrieval": "r_mean", "captioning": "cider", "vqa": "overall"}
 
 
 @dataclass
@@ -129,14 +128,7 @@ class Trainer:
         return self.task.model
 
     def _run_params(self) -> dict:
-        params = flatten(to_dict(self.cfg))
-        params.update({f"ds.{k}": v for k, v in flatten(self.ds_cfg).items()})
-        params.update(self.report.as_dict())
-        params.update({f"version.{k}": v for k, v in collect_versions().items()})
-        params["git_commit"] = git_commit() or "unknown"
-        params["world_size"] = self.world
-        params["zero_stage"] = self.stage
-        return params
+        return run_params(self.cfg, self.ds_cfg, self.report.as_dict(), self.world)
 
     def _start_tracking(self) -> None:
         cfg = self.cfg
@@ -147,10 +139,12 @@ class Trainer:
             "task": cfg.task + ("-video" if cfg.video else ""),
             "method": cfg.method.name,
             "dataset": cfg.data.dataset,
-            "unitrans_ds.version": __version__,
+            "kind": "train",
+            **standard_tags("launchers/train.py"),
         }
         run_id = self.tracker.start(name, tags, self._run_params(), resume_run_id=self.state.mlflow_run_id)
         if self.rank == 0:
+            self.tracker.log_inputs(shard_datasets(cfg))
             self.state.mlflow_run_id = run_id or self.state.mlflow_run_id
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
@@ -217,7 +211,7 @@ class Trainer:
         metrics = evaluate(task, self.cfg, shards, rank=self.rank, world_size=self.world, out_dir=out_dir)
         if self.rank == 0 and out_dir.is_dir():
             self.tracker.log_artifact(out_dir, artifact_path=f"eval/{out_dir.name}")
-        return {f"{split}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        return split_metrics(split, metrics)
 
     def eval_task(self, tensors: dict | None = None):
         """The task to evaluate, in `eval.precision` whatever the ZeRO stage (`engine.eval_model`): the live one,
@@ -228,7 +222,7 @@ class Trainer:
         metric = self.cfg.train.best_metric
         if metric == "r_mean" and self.cfg.task != "retrieval":
             metric = _DEFAULT_BEST[self.cfg.task]
-        return f"val/{metric}"
+        return f"val/{metric_key(metric)}"
 
     def _validate_and_export(self) -> dict[str, float]:
         metrics = self.evaluate("val")
@@ -249,7 +243,9 @@ class Trainer:
         )
         loss = self._data_loss()
         elapsed = max(time.perf_counter() - t0, 1e-9)
-        metrics = {f"train/{k}": v for k, v in means.items()}
+        # `train/loss`: the task's own losses, the same sum for every method; `train/objective`: what is optimised
+        metrics = {"train/loss": sum(means[k] for k in self.task.task_loss_parts), "train/objective": means["loss"]}
+        metrics.update({f"train/{k}": v for k, v in means.items() if k != "loss"})
         metrics.update(
             {
                 "train/lr": self.scheduler.get_last_lr()[0],
@@ -270,7 +266,7 @@ class Trainer:
                 "(python -m unitrans_ds.make_shards) or raise data.max_skip_fraction"
             )
         if self.rank == 0:
-            tqdm.write(
+            write(
                 f"step {self.state.step}/{self.total_steps} loss {metrics.get('train/loss', float('nan')):.4f} "
                 f"lr {metrics['train/lr']:.2e} {metrics['train/samples_per_s']:.1f} samples/s"
             )
@@ -284,10 +280,13 @@ class Trainer:
 
     def _train_loop(self, stop: StopRequest) -> str:
         # `with`: an error closes the bar first, so its one line is not glued to the end of the bar
-        with tqdm(total=self.total_steps, initial=self.state.step, desc="train", disable=self.rank != 0) as bar:
+        bar = progress(
+            total=self.total_steps, initial=self.state.step, desc="train", unit="step", enabled=self.rank == 0
+        )
+        with contextlib.closing(bar):
             return self._train_steps(stop, bar)
 
-    def _train_steps(self, stop: StopRequest, bar: tqdm) -> str:
+    def _train_steps(self, stop: StopRequest, bar) -> str:
         cfg = self.cfg.train
         sums: dict[str, float] = {}
         n, samples, t0 = 0, 0, time.perf_counter()
@@ -347,7 +346,9 @@ class Trainer:
                 if self.state.step == 0 and self.cfg.train.zero_shot_eval and self.cfg.data.val_shards:
                     before = self.evaluate("val")
                     self._log_metrics(before, 0)
-                    metrics.update({k.replace("val/", "val_before/"): v for k, v in before.items()})
+                    metrics.update(
+                        {k.replace("val/", "val_before/"): v for k, v in before.items() if k.startswith("val/")}
+                    )
                     self.engine.train()
                 status = self._train_loop(stop)
             if status == "FINISHED":
@@ -409,20 +410,6 @@ class Trainer:
                     params[k].copy_(v)
 
 
-_HEADLINE = ("txt_r1", "img_r1", "r_mean", "CIDEr", "Bleu_4", "overall", "accuracy")
-
-
-def _print_gain(metrics: dict[str, float]) -> None:
-    """`val R@1 before -> after` lines for the headline metrics, when a zero-shot evaluation ran first."""
-    for name in _HEADLINE:
-        before, after = metrics.get(f"val_before/{name}"), metrics.get(f"val/{name}")
-        if before is not None and after is not None:
-            print(
-                f"[unitrans_ds] val {name}: {before:.2f} before -> {after:.2f} after ({after - before:+.2f})",
-                flush=True,
-            )
-
-
 def train(cfg: Config, ds_config: str | Path, resume: str | None = None) -> RunResult:
     """Build everything and run. Returns the run folder, the final metrics and the train state."""
     trainer = Trainer(cfg, ds_config, resume)
@@ -435,7 +422,5 @@ def train(cfg: Config, ds_config: str | Path, resume: str | None = None) -> RunR
             flush=True,
         )
     elif trainer.rank == 0:
-        _print_gain(result.metrics)
-        shown = {k: round(v, 4) for k, v in sorted(result.metrics.items()) if not math.isnan(v)}
-        print(f"[unitrans_ds] done: {json.dumps(shown)}\n[unitrans_ds] run folder: {result.run_dir}", flush=True)
+        print(summary_table(result.metrics, result.run_dir, result.mlflow_run_id), flush=True)
     return result

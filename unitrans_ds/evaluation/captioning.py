@@ -16,11 +16,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from ..data.loaders import EvalLoader
 from ..metrics.captions import score_captions, write_coco_results
 from ..tasks.captioning import CaptioningTask
+from ..tracking.progress import progress
 from .distributed import all_gather_objects, on_rank0
 from .inference import inference_mode
 
@@ -42,7 +41,7 @@ def _result_id(sample_id: str, image_id: Any) -> Any:
 def generate_captions(task: CaptioningTask, loader: EvalLoader, rank: int) -> list[dict[str, Any]]:
     """This rank's `[{"image_id", "caption", "references"}]`. Needs `inference_mode` around it."""
     out = []
-    for batch in tqdm(loader, total=len(loader), desc="captioning: beam search", disable=rank != 0, leave=False):
+    for batch in progress(loader, total=len(loader), desc="captioning: beam search", enabled=rank == 0, leave=False):
         captions = task.generate(batch["pixel_values"])
         for sid, iid, cap, refs in zip(batch["id"], batch["image_id"], captions, batch["captions"]):
             out.append({"image_id": _result_id(sid, iid), "caption": cap, "references": list(refs)})

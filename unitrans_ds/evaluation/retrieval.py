@@ -37,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..data.loaders import EvalLoader
 from ..metrics.retrieval import retrieval_metrics, topk_rankings
 from ..tasks.retrieval import RetrievalTask
+from ..tracking.progress import progress
 from .distributed import all_gather_objects, all_gather_rows, on_rank0
 from .inference import inference_mode
 
@@ -142,7 +142,7 @@ def encode_local_images(task: RetrievalTask, loader: EvalLoader, rank: int) -> L
     """Step 1. Needs `inference_mode` around it."""
     store = TokenStore(task.cfg.eval.feature_chunk, task.dtype)
     ids, image_ids, captions, feats = [], [], [], []
-    for batch in tqdm(loader, total=len(loader), desc="retrieval: images", disable=rank != 0, leave=False):
+    for batch in progress(loader, total=len(loader), desc="retrieval: images", enabled=rank == 0, leave=False):
         tokens, feat = task.image_embed(batch["pixel_values"])
         store.add(tokens)
         feats.append(feat.float())
@@ -223,7 +223,7 @@ def encode_texts(
     """
     starts = list(range(0, len(texts), chunk))[rank::world_size]
     feats, ids, masks = [], [], []
-    for s in tqdm(starts, desc="retrieval: texts", disable=rank != 0, leave=False):
+    for s in progress(starts, desc="retrieval: texts", enabled=rank == 0, leave=False):
         t_ids, t_mask, t_feat = task.text_embed(texts[s : s + chunk])
         feats.append(t_feat.float())
         ids.append(t_ids)
@@ -295,8 +295,8 @@ def score_pairs(
     out = torch.empty(len(codes), dtype=torch.float32)
     images, counts = torch.unique_consecutive(codes // n_unique, return_counts=True)
     start = 0
-    for img, n in tqdm(
-        zip(images.tolist(), counts.tolist()), total=len(images), desc="retrieval: ITM", disable=rank != 0, leave=False
+    for img, n in progress(
+        zip(images.tolist(), counts.tolist()), total=len(images), desc="retrieval: ITM", enabled=rank == 0, leave=False
     ):
         for s in range(start, start + n, per_forward):
             e = min(s + per_forward, start + n)

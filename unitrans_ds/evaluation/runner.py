@@ -15,6 +15,7 @@ from pathlib import Path
 from ..config.schema import Config
 from ..data.loaders import EvalLoader, eval_loader_from_config
 from ..tasks import Task
+from ..tracking.progress import labelled, split_name
 from .captioning import evaluate_captioning
 from .retrieval import evaluate_retrieval
 from .vqa import evaluate_vqa
@@ -55,7 +56,8 @@ def evaluate(
         raise ValueError(f"no evaluator for task {cfg.task!r}; use one of {sorted(EVALUATORS)}")
     start = time.perf_counter()
     loader = eval_loader(cfg, split_dir, rank, world_size)
-    metrics = EVALUATORS[cfg.task](task, loader, rank, world_size, out_dir, merge=merge)
+    with labelled(split_name(loader)):  # the bars say which split they evaluate
+        metrics = EVALUATORS[cfg.task](task, loader, rank, world_size, out_dir, merge=merge)
     metrics["eval_seconds"] = time.perf_counter() - start
     if rank == 0:
         out = Path(out_dir)

@@ -23,14 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from ..data.loaders import EvalLoader
 from ..data.manifest import read_manifest
 from ..data.remote import open_tar
 from ..data.text import normalize_answer_text
 from ..metrics.vqa import exact_match_accuracy, vqa_accuracy, write_vqa_results
 from ..tasks.vqa import VQATask
+from ..tracking.progress import progress
 from .captioning import NoGroundTruthError
 from .distributed import all_gather_objects, on_rank0
 from .inference import inference_mode
@@ -113,7 +112,7 @@ def answer_questions(
     """This rank's `[{"question_id", "answer", "answers", "answer_type"}]`. Needs `inference_mode` around it."""
     e = task.cfg.eval
     out = []
-    for batch in tqdm(loader, total=len(loader), desc=f"vqa: {e.vqa_inference}", disable=rank != 0, leave=False):
+    for batch in progress(loader, total=len(loader), desc=f"vqa: {e.vqa_inference}", enabled=rank == 0, leave=False):
         if answer_list is not None:
             preds = task.rank_answers(batch["pixel_values"], batch["question"], answer_list, e.vqa_k_test)
         else:

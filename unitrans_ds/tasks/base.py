@@ -18,6 +18,9 @@ from ..models.build import bos_token_id, enc_token_id
 
 class Task(nn.Module):
     name = "task"
+    #: the losses every method trains on for this task: their sum is `train/loss`, comparable across methods
+    #: (a method's own extra terms, MCAM, come on top in `train/objective`, the loss that is optimised)
+    task_loss_parts: tuple[str, ...] = ("loss",)
     #: text lengths in tokens, as BLIP's recipes
     max_text_tokens = 35
 

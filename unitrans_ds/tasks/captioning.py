@@ -10,6 +10,7 @@ from .base import Task
 
 class CaptioningTask(Task):
     name = "captioning"
+    task_loss_parts = ("loss_lm",)
     max_text_tokens = 40
 
     def __init__(self, model, tokenizer, cfg, rank: int = 0, world_size: int = 1):

@@ -12,6 +12,7 @@ from .base import Task
 
 class RetrievalTask(Task):
     name = "retrieval"
+    task_loss_parts = ("loss_itc", "loss_itm")
     max_text_tokens = 35
 
     def __init__(self, model, tokenizer, cfg, rank: int = 0, world_size: int = 1):

@@ -35,6 +35,7 @@ def answer_weights(answers: list[str], scheme: str = "blip") -> tuple[list[str],
 
 class VQATask(Task):
     name = "vqa"
+    task_loss_parts = ("loss_vqa",)
     max_text_tokens = 35
     max_answer_tokens = 10
 

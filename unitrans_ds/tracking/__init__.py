@@ -1,21 +1,15 @@
-"""Experiment tracking: MLflow on rank 0, a local `metrics.jsonl` always, nothing on other ranks.
+"""Experiment tracking: the run folder first (`metrics.jsonl`, `mlflow_journal.jsonl`), MLflow as its copy, on
+rank 0 only; nothing on other ranks.
 
 `MlflowTracker` is imported lazily (MLflow takes seconds to import), so ranks other than 0 never load it.
+`python -m unitrans_ds.tracking.sync RUN_DIR` completes an MLflow run from its folder after an outage.
 """
 
-from .base import (
-    METRICS_FILE,
-    RUN_STATUSES,
-    JsonlTracker,
-    MetricsFile,
-    NullTracker,
-    RunStatus,
-    Tracker,
-    build_tracker,
-    metrics_as_floats,
-)
+from .base import RUN_STATUSES, JsonlTracker, NullTracker, RunStatus, Tracker, build_tracker, metrics_as_floats
+from .journal import JOURNAL_FILE, METRICS_FILE, MetricsFile
 
 __all__ = [
+    "JOURNAL_FILE",
     "METRICS_FILE",
     "RUN_STATUSES",
     "JsonlTracker",

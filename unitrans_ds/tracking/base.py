@@ -7,18 +7,15 @@ Call sites never test the rank: every rank gets a `Tracker`, and only rank 0's o
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Literal
 
 from ..config.schema import TrackingConfig
+from .journal import MetricsFile
 
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
-METRICS_FILE = "metrics.jsonl"
 
 
 class Tracker(ABC):
@@ -49,6 +46,9 @@ class Tracker(ABC):
     @abstractmethod
     def set_tags(self, tags: dict[str, str]) -> None:
         """Set run tags."""
+
+    def log_inputs(self, datasets: list[dict]) -> None:  # noqa: B027 (optional: only MLflow has datasets)
+        """Record the datasets the run reads (see `tracking.datasets.shard_datasets`)."""
 
     @abstractmethod
     def finish(self, status: RunStatus = "FINISHED") -> None:
@@ -104,24 +104,6 @@ def metrics_as_floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {str(k): _scalar(str(k), v) for k, v in metrics.items()}
 
 
-class MetricsFile:
-    """Appends one JSON line per `log_metrics` call to `<run_dir>/metrics.jsonl`: the durable local record.
-
-    Each line is `{"step": int, "time": unix seconds, "<name>": value, ...}`; NaN and inf are written as strings
-    so that the file stays strict JSON. The file is opened per call, so nothing is lost when the process dies.
-    """
-
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / METRICS_FILE
-
-    def append(self, metrics: dict[str, float], step: int) -> None:
-        row: dict[str, Any] = {"step": int(step), "time": round(time.time(), 3)}
-        row.update({k: v if math.isfinite(v) else str(v) for k, v in metrics.items()})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-
-
 class JsonlTracker(NullTracker):
     """Rank 0 with MLflow disabled: metrics still go to `metrics.jsonl`; artifacts are already local files."""
 
@@ -140,4 +122,10 @@ def build_tracker(cfg: TrackingConfig, rank: int, run_dir: str | Path) -> Tracke
         return JsonlTracker(run_dir)
     from .mlflow_tracker import MlflowTracker
 
-    return MlflowTracker(experiment=cfg.experiment, tracking_uri=cfg.tracking_uri, run_dir=run_dir)
+    return MlflowTracker(
+        experiment=cfg.experiment,
+        tracking_uri=cfg.tracking_uri,
+        run_dir=run_dir,
+        finish_timeout_s=cfg.finish_timeout_s,
+        system_metrics_interval_s=cfg.system_metrics_interval_s,
+    )
