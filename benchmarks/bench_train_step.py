@@ -52,8 +52,8 @@ from unitrans_ds.models.tiny import demo_tokenizer  # noqa: E402
 from unitrans_ds.tasks import build_task  # noqa: E402
 
 METHODS = ("unitrans", "full", "lora", "unitrans+ckpt")
-#: goals of issue "Training": unitrans against full fine-tuning (time, memory) and against LoRA (both)
-GOALS = {"time_vs_full": 0.75, "memory_vs_full": 0.6, "vs_lora": 1.1}
+#: goals (issues "Training" and "Speed"): unitrans against full fine-tuning (time, memory) and LoRA (time)
+GOALS = {"time_vs_full": 0.75, "memory_vs_full": 0.35, "time_vs_lora": 0.9}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{ref} / {other}: wall {rw}, cpu {rc}")
     print(
         f"\ngoals: {ref} time <= {GOALS['time_vs_full']}x full, memory <= {GOALS['memory_vs_full']}x full, "
-        f"both <= {GOALS['vs_lora']}x lora"
+        f"time <= {GOALS['time_vs_lora']}x lora (same rank and targets)"
     )
     write_results(args.json, result)
     return result
