@@ -278,5 +278,5 @@ def logged_after(metrics_file: Path, step: int) -> dict[int, set[str]]:
         except json.JSONDecodeError:
             continue
         if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step:
-            done.setdefault(row["step"], set()).update(k for k in row if k not in ("step", "time"))
+            done.setdefault(row["step"], set()).update(k for k in row if k not in ("step", "time", "run_id"))
     return done

@@ -26,7 +26,7 @@ from ..data.skips import DataLossError, SkipTotals, describe_loss, loss_summary,
 from ..models.build import load_backbone
 from ..tasks import build_task
 from ..tracking import build_tracker
-from ..tracking.base import METRICS_FILE
+from ..tracking.journal import METRICS_FILE
 from ..tracking.progress import progress, write
 from ..tracking.run_info import metric_key, run_params, shard_datasets, split_metrics, standard_tags
 from ..tracking.summary import summary_table
