@@ -100,8 +100,8 @@ class MlflowTracker(Tracker):
             self.failure = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
             if first:
                 logger.warning(
-                    "MLflow at %s unreachable (%s). Training goes on; everything stays in %s and is replayed "
-                    "when the server is back (retrying with backoff).",
+                    "MLflow at %s unreachable (%s). Training goes on; everything stays in %s (metrics.jsonl, "
+                    "mlflow_journal.jsonl) and is replayed when the server is back (retrying with backoff).",
                     self.uri,
                     self.failure,
                     self.run_dir,
