@@ -42,7 +42,8 @@ def run_one(name: str, ds_config: str, reuse: bool) -> dict:
         print("$ " + " ".join(cmd[1:]), flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, check=False)
-        if proc.returncode != 0:
+        if proc.returncode != 0:  # -9: killed, on a small shared machine usually by the kernel's OOM killer
+            print(f"  {name}: FAILED, exit status {proc.returncode}", flush=True)
             return {"config": f"configs/{name}.yaml", "failed": f"exit status {proc.returncode}"}
         print(f"  {name}: {time.perf_counter() - t0:.0f} s wall", flush=True)
     return json.loads(out.read_text())
