@@ -15,6 +15,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def forget_deepspeed_groups() -> None:
+    """Drop the process groups DeepSpeed caches at module level (`deepspeed.utils.groups._WORLD_GROUP`, ...).
+
+    A test process that destroys its group and makes a new one later (another module's fixture) would otherwise
+    hand the destroyed group to the next engine: "Group ... is not registered". Call it after destroying a group.
+    """
+    import torch.distributed as dist
+    from deepspeed.utils import groups
+
+    for name, value in list(vars(groups).items()):
+        if name.startswith("_") and name.endswith("_GROUP") and isinstance(value, dist.ProcessGroup):
+            setattr(groups, name, None)
+
+
 @pytest.fixture(scope="module")
 def ds_world_of_one():
     import torch.distributed as dist
@@ -30,6 +44,7 @@ def ds_world_of_one():
     yield
     if created:
         dist.destroy_process_group()
+        forget_deepspeed_groups()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)

@@ -16,6 +16,7 @@ import socket
 import numpy as np
 import pytest
 import torch
+from ds_inprocess import forget_deepspeed_groups
 
 from unitrans_ds.config import build_config
 from unitrans_ds.engine.checkpoint import (
@@ -54,6 +55,7 @@ def gloo_group():
         deepspeed.init_distributed(dist_backend="gloo")
         yield
         dist.destroy_process_group()
+        forget_deepspeed_groups()
 
 
 def _engine(stage: str):

@@ -24,6 +24,7 @@ COMMANDS = [
     ["-m", "unitrans_ds.models.processor"],
     ["-m", "unitrans_ds.demo.pretrain"],
     ["-m", "unitrans_ds.demo.transfer"],
+    ["-m", "unitrans_ds.tracking.sync"],
     *[[str(p.relative_to(ROOT))] for p in sorted((ROOT / "benchmarks").glob("bench_*.py"))],
 ]
 

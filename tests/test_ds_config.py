@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ds_inprocess import forget_deepspeed_groups
 
 from unitrans_ds.config import build_config
 from unitrans_ds.engine.ds_config import (
@@ -179,6 +180,7 @@ def gloo_group():
     deepspeed.init_distributed(dist_backend="gloo")
     yield
     dist.destroy_process_group()
+    forget_deepspeed_groups()
 
 
 @pytest.mark.parametrize("world_size", [1, 2])

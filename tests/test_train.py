@@ -296,7 +296,8 @@ def test_sigterm_stops_both_ranks_at_one_step_and_resume_is_exact(target, shards
 def test_unreachable_tracking_server_keeps_metrics(shards, tmp_path):
     out = tmp_path / "run"
     args = [*common(shards, out, steps=2), "data.val_shards=null", "data.test_shards=null"]
-    proc = launch(args, ranks=1, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    # a short finish_timeout_s: the run then ends without waiting 2 minutes for a server that never comes
+    proc = launch([*args, "tracking.finish_timeout_s=3"], ranks=1, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     ok(proc)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert sorted({x["step"] for x in lines if "train/loss" in x}) == [1, 2]

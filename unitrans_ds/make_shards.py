@@ -14,7 +14,7 @@ from .cli import ArgumentParser
 from .data.formats import FORMATS
 from .data.shard_writer import ShardError, ShardJob, make_shards, summary_line
 
-#: above this fraction of skipped items the summary is followed by a warning (often a wrong --media-root)
+#: above this fraction of skipped items the summary is followed by a warning (often a wrong --media_root)
 WARN_SKIP_FRACTION = 0.01
 
 EPILOG = """\
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"make_shards: warning: skipped {manifest['skipped']} of {items} items "
             f"({100 * manifest['skipped'] / items:.1f}%, more than {100 * WARN_SKIP_FRACTION:.0f}%): check "
-            f"--media-root and {args.out / 'skipped.jsonl'}",
+            f"--media_root and {args.out / 'skipped.jsonl'}",
             file=sys.stderr,
         )
     return 0

@@ -492,7 +492,7 @@ def _finish(
         reasons = Counter(s["reason"].split(":")[0] for s in state.skipped)
         raise ShardError(
             f"no sample was written: all {len(state.skipped)} items were skipped "
-            f"({', '.join(f'{n} {r}' for r, n in reasons.most_common(3))}); check --media-root (the folder the "
+            f"({', '.join(f'{n} {r}' for r, n in reasons.most_common(3))}); check --media_root (the folder the "
             f"annotation's media paths are relative to) and {out / SKIPPED}. No manifest.json was written"
         )
     _write_atomic(out / MANIFEST, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))

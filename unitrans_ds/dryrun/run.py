@@ -112,7 +112,7 @@ def _measured(run_dir: Path) -> dict:
         for k, v in row.get("metrics", row).items():
             if isinstance(v, (int, float)):
                 metrics.setdefault(k, []).append(float(v))
-    evals = metrics.get("val/eval_seconds") or metrics.get("test/eval_seconds") or [float("nan")]
+    evals = metrics.get("val_info/eval_seconds") or metrics.get("test_info/eval_seconds") or [float("nan")]
     return {
         "step_seconds": metrics.get("train/step_time_s", []),
         "peak_memory_mib_after_steps": max(metrics.get("train/peak_memory_mib", [float("nan")])),

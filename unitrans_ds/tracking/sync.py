@@ -1,6 +1,6 @@
 """Complete a run's MLflow copy from its run folder, e.g. after an outage longer than training waited.
 
-    python -m unitrans_ds.tracking.sync RUN_DIR [--tracking-uri URI]
+    python -m unitrans_ds.tracking.sync RUN_DIR [--tracking_uri URI]
 
 Sends what MLflow lacks of `RUN_DIR/mlflow_journal.jsonl` and `RUN_DIR/metrics.jsonl` (params, tags, datasets,
 artifacts, every metric point) to the run the folder names in `mlflow_sync.json`, creating the run when the
@@ -19,6 +19,7 @@ import socket
 import sys
 from pathlib import Path
 
+from ..cli import ArgumentParser
 from .journal import JOURNAL_FILE, Journal, read_cursor
 
 
@@ -59,14 +60,14 @@ def sync(run_dir: str | Path, tracking_uri: str | None = None) -> tuple[str | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(  # also accepts --tracking-uri (unitrans_ds.cli)
         prog="python -m unitrans_ds.tracking.sync",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", help="a run folder (train.output_dir) holding mlflow_journal.jsonl and metrics.jsonl")
     p.add_argument(
-        "--tracking-uri", default=None, help="MLflow to send to (default: the one the run used, from mlflow_sync.json)"
+        "--tracking_uri", default=None, help="MLflow to send to (default: the one the run used, from mlflow_sync.json)"
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

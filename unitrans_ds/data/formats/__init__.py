@@ -40,7 +40,7 @@ PARSERS: dict[str, Callable[[ParseRequest], list[SourceItem]]] = {
 }
 
 FORMATS = tuple(PARSERS)
-# Formats that draw their samples from a seed (--domain, --num-samples, --task-set) instead of reading media.
+# Formats that draw their samples from a seed (--domain, --num_samples, --task_set) instead of reading media.
 SYNTHETIC_FORMATS = ("shapes", "scenes")
 
 
