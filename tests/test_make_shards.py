@@ -450,7 +450,7 @@ def test_wrong_media_root_exits_2_without_a_manifest_and_many_skips_warn(tmp_pat
     out = tmp_path / "out"
     rc = run("--format", "coco-karpathy", "--annotations", str(ann), "--media-root", str(tmp_path / "nowhere"), "--out", str(out))  # fmt: skip
     err = capsys.readouterr().err
-    assert rc == 2 and "no sample was written" in err and "--media-root" in err and "image file not found" in err
+    assert rc == 2 and "no sample was written" in err and "--media_root" in err and "image file not found" in err
     assert not (out / "manifest.json").exists()
     # some items found, one skipped: a manifest, and a warning above the 1% threshold
     assert run("--format", "coco-karpathy", "--annotations", str(ann), "--media-root", str(media), "--out", str(tmp_path / "ok")) == 0  # fmt: skip
