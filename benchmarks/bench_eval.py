@@ -2,7 +2,7 @@
 
     python benchmarks/bench_eval.py [--images 8] [--image_size 384] [--k_test 2] [--repeats 3]
 
-1. Retrieval evaluation throughput: `evaluate_retrieval` (ViT, text encoder, ITC, ITM re-ranking of the top
+1. Retrieval evaluation throughput: `RetrievalTask.evaluate` (ViT, text encoder, ITC, ITM re-ranking of the top
    k_test per query, metrics, output files) on synthetic `shapes` shards at `--image_size` px with 4 captions per
    image, a UniTrans model (VCRA + QASN) merged for inference. Reports queries/s (image + text queries) and ITM
    pairs/s, plus the wall time of each step.
@@ -35,10 +35,11 @@ from unitrans_ds import make_shards  # noqa: E402
 from unitrans_ds.adapters import prepare_model  # noqa: E402
 from unitrans_ds.cli import ArgumentParser  # noqa: E402
 from unitrans_ds.config import build_config  # noqa: E402
-from unitrans_ds.evaluation import eval_loader, evaluate_retrieval, inference_mode  # noqa: E402
+from unitrans_ds.data.loaders import eval_loader_from_config  # noqa: E402
+from unitrans_ds.evaluation import inference_mode  # noqa: E402
 from unitrans_ds.evaluation.retrieval import token_store_estimate  # noqa: E402
 from unitrans_ds.models.tiny import demo_tokenizer  # noqa: E402
-from unitrans_ds.tasks import build_task  # noqa: E402
+from unitrans_ds.tasks import Dist, build_task  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,9 +79,9 @@ def build(method: str, args: argparse.Namespace, shards: Path):
 
 def bench_retrieval(args: argparse.Namespace, shards: Path, out: Path) -> dict:
     task, cfg = build("unitrans", args, shards)
-    loader = eval_loader(cfg, shards, 0, 1)
+    loader = eval_loader_from_config(cfg, shards, rank=0, world_size=1)
     start, cpu = time.perf_counter(), time.process_time()
-    metrics = evaluate_retrieval(task, loader, 0, 1, out, merge=True)
+    metrics = task.evaluate(loader, Dist(0, 1), out, merge=True)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     queries = metrics["n_images"] + metrics["n_texts"]
     pairs = metrics["n_itm_pairs"]

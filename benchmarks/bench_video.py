@@ -3,8 +3,8 @@
 1. Samples/s of a UniTrans retrieval training step (forward, backward, AdamW) on the tiny demo model, video
    (`--frames` frames per clip) against images, same micro batch, interleaved in one process.
 2. For the default video config (`configs/msrvtt_retrieval.yaml`: BLIP-base architecture with random weights,
-   8 frames at 224 px): the activation-memory estimate the trainer prints, and the measured peak resident
-   memory of one training step, each measured in a fresh subprocess (peak RSS only grows within a process).
+   8 frames at 224 px): the activation-memory estimate of the dry run (`dryrun/memory.py`), and the measured peak
+   resident memory of one training step, each measured in a fresh subprocess (peak RSS only grows within a process).
 
     python benchmarks/bench_video.py [--frames 8] [--batch 8] [--repeats 5] [--base_batch 8] [--skip_base]
 """
@@ -30,7 +30,7 @@ from common import add_json_arg, machine_line, write_results  # noqa: E402  (run
 from unitrans_ds.adapters import prepare_model  # noqa: E402
 from unitrans_ds.cli import ArgumentParser  # noqa: E402
 from unitrans_ds.config import build_config, load_config  # noqa: E402
-from unitrans_ds.engine.memory import describe  # noqa: E402
+from unitrans_ds.dryrun.memory import describe  # noqa: E402
 from unitrans_ds.engine.optim import build_optimizer  # noqa: E402
 from unitrans_ds.models.build import load_backbone  # noqa: E402
 from unitrans_ds.tasks import build_task  # noqa: E402
@@ -96,7 +96,6 @@ def base_video_step(batch: int) -> dict:
     from transformers import BlipConfig, BlipForImageTextRetrieval
 
     from unitrans_ds.models.tiny import demo_tokenizer
-    from unitrans_ds.tasks import RetrievalTask
 
     blip = BlipConfig()
     blip.vision_config.image_size = cfg.model.image_size  # 224 px frames: no interpolation needed for the timing
@@ -105,7 +104,7 @@ def base_video_step(batch: int) -> dict:
     # The demo vocabulary's ids are a subset of BLIP-base's rows, so its tokenizer drives the big model fine.
     model.config.text_config.bos_token_id = tok.bos_token_id
     prepare_model(model, cfg.method)
-    task = RetrievalTask(model, tok, cfg)
+    task = build_task(cfg, model, tok)
     task.train()
     opt = build_optimizer(task, cfg.optim)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,7 +1,7 @@
 """Evaluate a BLIP backbone with a saved adapter (or zero-shot) on a split, on one or many ranks.
 
     deepspeed launchers/eval.py --config CFG [--adapter DIR] [--split test|val] [--out DIR] [--mlflow] [key=value ...]
-    python launchers/eval.py --config CFG ...          (one process, no process group)
+    python launchers/eval.py --config CFG ...          (one process)
 
 The backbone comes from `model.*` of the config; `--adapter` is a folder written by training (`adapter_best/`,
 `adapter_final/`) or `save_adapter`, and must fit that backbone. Without `--adapter` the config's method is
@@ -46,25 +46,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.k_test=128 eval.batch_size=64")
     return p.parse_args(argv)
-
-
-def init_distributed(local_rank: int) -> tuple[int, int]:
-    """(rank, world_size). A process group only under a launcher that starts more than one process."""
-    import torch
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    import deepspeed
-    import torch.distributed as dist
-
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    elif "OMP_NUM_THREADS" not in os.environ:
-        # CPU ranks on one machine share its cores; more threads than cores makes OpenMP spin-wait.
-        local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or os.environ["WORLD_SIZE"])
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
 
 
 def default_out(cfg, adapter: str | None, split: str) -> Path:
@@ -152,8 +133,8 @@ def start_mlflow_run(cfg, args, rank: int, world: int, out: Path):
 def run(args: argparse.Namespace) -> dict[str, float]:
     from unitrans_ds.adapters import read_adapter_config
     from unitrans_ds.config import save_config
-    from unitrans_ds.data.manifest import check_remote_split
-    from unitrans_ds.data.remote import is_remote
+    from unitrans_ds.data.manifest import read_split
+    from unitrans_ds.engine.distributed import init_distributed
     from unitrans_ds.evaluation import evaluate
     from unitrans_ds.tasks import build_task
     from unitrans_ds.tracking import NullTracker
@@ -164,15 +145,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     split_dir = getattr(cfg.data, f"{args.split}_shards")
     if not split_dir:
         raise ConfigError(f"data.{args.split}_shards is null: give the folder of the {args.split} shards")
-    if is_remote(split_dir):
-        check_remote_split(f"data.{args.split}_shards", split_dir)
-    elif not (Path(split_dir) / "manifest.json").is_file():
-        raise ConfigError(
-            f"data.{args.split}_shards: {split_dir} holds no manifest.json; build the shards with "
-            "`python -m unitrans_ds.make_shards ...` (see shards/README.md) or fix the path"
-        )
-    rank, world = init_distributed(args.local_rank)
-    model, tokenizer, cfg = build_model(cfg, args.adapter, args.local_rank)
+    manifest = read_split(f"data.{args.split}_shards", split_dir)  # read once, handed to the evaluation
+    rank, world, local_rank = init_distributed()  # the trainer's: a one-process group without a launcher
+    model, tokenizer, cfg = build_model(cfg, args.adapter, local_rank)
     task = build_task(cfg, model, tokenizer, rank, world).to(next(model.parameters()).device)
     out = Path(args.out) if args.out else default_out(cfg, args.adapter, args.split)
     if rank == 0:
@@ -182,7 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         print(f"[unitrans_ds] evaluating {cfg.task} on {split_dir} with {what}, {world} rank(s)", flush=True)
     tracker = start_mlflow_run(cfg, args, rank, world, out) if args.mlflow else NullTracker()
     try:
-        metrics = evaluate(task, cfg, split_dir, rank=rank, world_size=world, out_dir=out)
+        metrics = evaluate(task, cfg, manifest, rank=rank, world_size=world, out_dir=out)
     except BaseException:
         tracker.finish("FAILED")
         raise

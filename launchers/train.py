@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from unitrans_ds.cli import ArgumentParser  # noqa: E402
 from unitrans_ds.config import ConfigError, load_config  # noqa: E402
 from unitrans_ds.config.help import config_help  # noqa: E402
-from unitrans_ds.data.manifest import check_remote_split  # noqa: E402
-from unitrans_ds.data.remote import is_remote  # noqa: E402
+from unitrans_ds.data.manifest import read_splits  # noqa: E402
 from unitrans_ds.data.skips import DataLossError  # noqa: E402
 from unitrans_ds.engine.checkpoint import CheckpointError, UnsafeCheckpointError  # noqa: E402
 from unitrans_ds.engine.distributed import shutdown_distributed  # noqa: E402
@@ -91,28 +90,14 @@ def one_line(message: str) -> str:
     return parts[0] + (" " + "; ".join(parts[1:]) if len(parts) > 1 else "") if parts else repr(message)
 
 
-def check_inputs(cfg) -> None:
-    """Problems with the files a config names, found before any model is built (ConfigError, one line each)."""
-    from unitrans_ds.data.manifest import read_manifest
-
-    for split in ("train", "val", "test"):
-        folder = getattr(cfg.data, f"{split}_shards")
-        if folder and is_remote(folder):
-            check_remote_split(f"data.{split}_shards", folder)
-            continue
-        if folder and not (Path(folder) / "manifest.json").is_file():
-            raise ConfigError(
-                f"data.{split}_shards: {folder} holds no manifest.json; build the shards with "
-                "`python -m unitrans_ds.make_shards ...` (see shards/README.md) or fix the path"
-            )
-        if folder:
-            try:
-                read_manifest(folder)
-            except (OSError, ValueError) as e:  # 0 shards, a listed shard missing, totals that do not add up
-                raise ConfigError(f"data.{split}_shards: {e}") from None
+def check_inputs(cfg) -> dict:
+    """Problems with the files a config names, found before any model is built (ConfigError, one line each).
+    Returns the splits' manifests, read once for the run (the trainer takes them)."""
+    manifests = read_splits(cfg.data)
     out = Path(cfg.train.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"train.output_dir: {out} is a file, not a folder; set train.output_dir to a folder path")
+    return manifests
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             dry_run(args.config, args.overrides, args.ds_config, micro_batch=int(args.dry_run))
             return 0
         cfg = load_config(args.config, args.overrides)
-        check_inputs(cfg)
+        manifests = check_inputs(cfg)
         from unitrans_ds.engine.trainer import train
 
-        result = train(cfg, args.ds_config, resume=args.resume)
+        result = train(cfg, args.ds_config, resume=args.resume, manifests=manifests)
     except USER_ERRORS as e:
         if int(os.environ.get("RANK", 0)) == 0:  # every rank finds the same problem; one says it
             print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)

@@ -6,19 +6,14 @@ import os
 
 import pytest
 import torch
-from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipForQuestionAnswering
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from unitrans_ds.config.schema import TinyModelConfig  # noqa: E402
 from unitrans_ds.models.tiny import tiny_blip_config  # noqa: E402
+from unitrans_ds.tasks import task_class  # noqa: E402
 
-TASK_CLASSES = {
-    "retrieval": BlipForImageTextRetrieval,
-    "captioning": BlipForConditionalGeneration,
-    "vqa": BlipForQuestionAnswering,
-}
 IMAGE_SIZE = 32
 
 
@@ -26,7 +21,7 @@ def make_tiny(task: str, seed: int = 0, **sizes) -> torch.nn.Module:
     """A deterministic tiny BLIP of the task's class, in eval mode (dropout off)."""
     torch.manual_seed(seed)
     cfg = tiny_blip_config(TinyModelConfig(**sizes), image_size=IMAGE_SIZE)
-    return TASK_CLASSES[task](cfg).eval()
+    return task_class(task).hf_model(cfg).eval()
 
 
 def tiny_inputs(model, batch: int = 2, seq: int = 7, seed: int = 1) -> dict[str, torch.Tensor]:

@@ -16,12 +16,12 @@ from transformers import BlipForConditionalGeneration
 
 from unitrans_ds.config.schema import ModelConfig, TinyModelConfig
 from unitrans_ds.models import (
-    TASK_CLASSES,
     ModelLoadError,
     convert_blip_state_dict,
     convert_with_report,
     demo_tokenizer,
     load_backbone,
+    task_model_class,
     tiny_blip_config,
 )
 from unitrans_ds.models.convert_blip import hf_key, main
@@ -74,7 +74,7 @@ def reference_model(task: str, seed: int = 0):
     config = tiny_blip_config(SIZES, image_size=IMAGE)
     config.vision_config.layer_norm_eps = 1e-6  # the original ViT's LayerNorm eps
     torch.manual_seed(seed)
-    model = TASK_CLASSES[task](config).eval()
+    model = task_model_class(task)(config).eval()
     # HF's init leaves LayerNorms at 1/0 and the ViT near zero; random values make every misplaced tensor visible.
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -135,7 +135,7 @@ def test_original_checkpoint_reproduces_hf_model(tmp_path, caplog, task):
     path = write_original(tmp_path, ref)
     with caplog.at_level(logging.INFO, logger="unitrans_ds.models.build"):
         bb = load_backbone(ModelConfig(init_from=str(path), image_size=IMAGE), task)
-    assert type(bb.model) is TASK_CLASSES[task]
+    assert type(bb.model) is task_model_class(task)
     assert not bb.needs_interpolation
     got = bb.model.state_dict()
     assert got.keys() == ref.state_dict().keys()
@@ -290,7 +290,7 @@ def test_blip_base_sizes_are_inferred_from_shapes():
     from unitrans_ds.models import blip_config_from_state_dict
 
     with torch.device("meta"):
-        full = TASK_CLASSES["vqa"](BlipConfig(text_config={"num_attention_heads": 12}, vision_config={}))
+        full = task_model_class("vqa")(BlipConfig(text_config={"num_attention_heads": 12}, vision_config={}))
     sd = {**full.state_dict(), "vision_proj.weight": torch.empty(256, 768, device="meta")}
     hf = convert_with_report(to_original_layout(sd, 12), "vqa").state_dict
     config = blip_config_from_state_dict(hf, pad_token_id=0, bos_token_id=30522, sep_token_id=102)
@@ -319,6 +319,6 @@ def test_learned_temperature_is_the_starting_temperature(tmp_path):
         bb = load_backbone(ModelConfig(init_from=str(source), image_size=IMAGE), "retrieval")
         prepare_model(bb.model, MethodConfig(name="unitrans", rank=4))
         assert get_state(bb.model).temp.item() == pytest.approx(0.0123)
-    plain = TASK_CLASSES["retrieval"](tiny_blip_config(SIZES, image_size=IMAGE))
+    plain = task_model_class("retrieval")(tiny_blip_config(SIZES, image_size=IMAGE))
     prepare_model(plain, MethodConfig(name="unitrans", rank=4))
     assert get_state(plain).temp.item() == pytest.approx(0.07)

@@ -19,7 +19,7 @@ from shardgen import image_sample, write_shards
 from unitrans_ds import make_shards
 from unitrans_ds.adapters import prepare_model
 from unitrans_ds.config import build_config
-from unitrans_ds.data.loaders import build_eval_loader
+from unitrans_ds.data.loaders import build_eval_loader, eval_loader_from_config
 from unitrans_ds.data.text import normalize_answer_text, pre_caption
 from unitrans_ds.evaluation import (
     NoGroundTruthError,
@@ -27,11 +27,7 @@ from unitrans_ds.evaluation import (
     TokenStore,
     all_gather_objects,
     all_gather_rows,
-    eval_loader,
     evaluate,
-    evaluate_captioning,
-    evaluate_retrieval,
-    evaluate_vqa,
     inference_mode,
     on_rank0,
 )
@@ -39,9 +35,15 @@ from unitrans_ds.evaluation.vqa import iter_shard_meta
 from unitrans_ds.metrics.retrieval import retrieval_metrics
 from unitrans_ds.metrics.vqa import vqa_accuracy
 from unitrans_ds.models.build import load_backbone
-from unitrans_ds.tasks import build_task
+from unitrans_ds.tasks import Dist, build_task
 
 SIZE = 32
+
+
+def eval_loader(cfg, folder, rank: int, world: int):
+    return eval_loader_from_config(cfg, folder, rank=rank, world_size=world)
+
+
 CAPTION_KEYS = {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"}
 
 
@@ -153,7 +155,7 @@ def test_retrieval_matches_brute_force_itm_rerank(shards, tmp_path, k_test, itm_
     cfg = make_cfg(shards, "retrieval", **over)
     task = make_task(cfg)
     loader = eval_loader(cfg, shards / "test", 0, 1)
-    metrics = evaluate_retrieval(task, loader, 0, 1, tmp_path)
+    metrics = task.evaluate(loader, Dist(0, 1), tmp_path)
     s_i2t, s_t2i, img2txt, txt2img = brute_force_scores(task, loader, k_test, 0.5, itm_score or "logit")
     want = retrieval_metrics(s_i2t, s_t2i, img2txt, txt2img)
     assert {k: metrics[k] for k in want} == pytest.approx(want)
@@ -176,7 +178,7 @@ def test_retrieval_matches_brute_force_itm_rerank(shards, tmp_path, k_test, itm_
 def test_retrieval_prints_token_store_estimate(shards, tmp_path, capsys):
     cfg = make_cfg(shards, "retrieval", **{"eval.feature_chunk": 5})
     task = make_task(cfg)
-    evaluate_retrieval(task, eval_loader(cfg, shards / "test", 0, 1), 0, 1, tmp_path)
+    task.evaluate(eval_loader(cfg, shards / "test", 0, 1), Dist(0, 1), tmp_path)
     tokens = (SIZE // 16) ** 2 + 1
     mib = 12 * tokens * 64 * 2 / 2**20
     assert f"image token store: 12 images x {tokens} tokens x 64 x 2 bytes = {mib:.1f} MiB" in capsys.readouterr().out
@@ -215,8 +217,8 @@ def test_merged_and_unmerged_inference_agree_and_weights_come_back_exactly(shard
         inside = {k: v.clone() for k, v in task.model.state_dict().items()}
     changed = [k for k in before if not torch.equal(before[k], inside[k])]
     assert changed, "merging folded nothing into the weights"
-    m_merged = evaluate_retrieval(task, loader, 0, 1, tmp_path / "merged", merge=True)
-    m_plain = evaluate_retrieval(task, loader, 0, 1, tmp_path / "plain", merge=False)
+    m_merged = task.evaluate(loader, Dist(0, 1), tmp_path / "merged", merge=True)
+    m_plain = task.evaluate(loader, Dist(0, 1), tmp_path / "plain", merge=False)
     for k, v in task.model.state_dict().items():
         assert torch.equal(v, before[k]), f"{k} not restored bit for bit"
     assert task.training  # train mode restored (make_task's model starts in train mode)
@@ -252,7 +254,7 @@ def _rank_worker(rank: int, world: int, init_file: str, shards: str, out: str) -
         cfg = make_cfg(Path(shards), "retrieval")
         task = make_task(cfg, rank, world)
         loader = eval_loader(cfg, Path(shards) / "test", rank, world)
-        metrics = evaluate_retrieval(task, loader, rank, world, Path(out) / "eval")
+        metrics = task.evaluate(loader, Dist(rank, world), Path(out) / "eval")
         # The gather helpers on uneven data, and a rank-0 failure seen by every rank.
         rows = all_gather_rows(torch.full((rank * 2 + 1, 2), float(rank)), world)
         objs = all_gather_objects({"rank": rank}, world)
@@ -269,7 +271,7 @@ def _rank_worker(rank: int, world: int, init_file: str, shards: str, out: str) -
 @pytest.mark.slow
 def test_two_gloo_ranks_give_exactly_the_one_rank_metrics(shards, tmp_path):
     cfg = make_cfg(shards, "retrieval")
-    one = evaluate_retrieval(make_task(cfg), eval_loader(cfg, shards / "test", 0, 1), 0, 1, tmp_path / "one")
+    one = make_task(cfg).evaluate(eval_loader(cfg, shards / "test", 0, 1), Dist(0, 1), tmp_path / "one")
     with tempfile.TemporaryDirectory() as d:
         mp.spawn(_rank_worker, args=(2, os.path.join(d, "init"), str(shards), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"r{k}.pt") for k in range(2))
@@ -399,18 +401,18 @@ def no_gt_shards(tmp_path_factory) -> Path:
 def test_vqa_without_answers_writes_results_then_fails_clearly(shards, no_gt_shards, tmp_path):
     cfg = make_cfg(shards, "vqa", **{"eval.vqa_inference": "generate"})
     with pytest.raises(NoGroundTruthError, match="has no answers .ground truth.*official server"):
-        evaluate_vqa(make_task(cfg), eval_loader(cfg, no_gt_shards, 0, 1), 0, 1, tmp_path)
+        make_task(cfg).evaluate(eval_loader(cfg, no_gt_shards, 0, 1), Dist(0, 1), tmp_path)
     assert len(json.loads((tmp_path / "vqa_results.json").read_text())) == 8
 
 
 def test_captioning_without_captions_fails_clearly(shards, no_gt_shards, tmp_path):
     cfg = make_cfg(shards, "captioning")
     with pytest.raises(NoGroundTruthError, match="no reference captions"):
-        evaluate_captioning(make_task(cfg), eval_loader(cfg, no_gt_shards, 0, 1), 0, 1, tmp_path)
+        make_task(cfg).evaluate(eval_loader(cfg, no_gt_shards, 0, 1), Dist(0, 1), tmp_path)
     assert len(json.loads((tmp_path / "caption_results.json").read_text())) == 4
 
 
 def test_retrieval_without_captions_fails_clearly(shards, no_gt_shards, tmp_path):
     cfg = make_cfg(shards, "retrieval")
     with pytest.raises(ValueError, match="have no caption"):
-        evaluate_retrieval(make_task(cfg), eval_loader(cfg, no_gt_shards, 0, 1), 0, 1, tmp_path)
+        make_task(cfg).evaluate(eval_loader(cfg, no_gt_shards, 0, 1), Dist(0, 1), tmp_path)

@@ -315,6 +315,27 @@ def test_config_entry_points_follow_the_config(shards):
     assert val.num_items == 24 and len(val) == 3
 
 
+def test_a_run_reads_each_manifest_once_and_hands_it_on(shards):
+    from unitrans_ds.config import ConfigError
+    from unitrans_ds.config.schema import Config
+    from unitrans_ds.data.manifest import read_splits
+
+    cfg = Config()
+    cfg.model.image_size = SIZE
+    cfg.data.train_shards, cfg.data.val_shards, cfg.data.test_shards = str(shards), str(shards), None
+    cfg.train.micro_batch_size = 8
+    manifests = read_splits(cfg.data)
+    assert set(manifests) == {"train", "val"}
+    (shards / "manifest.json").unlink()  # from here on, reading it again would fail
+    assert read_splits(cfg.data, manifests) == manifests
+    train = train_loader_from_config(cfg, rank=0, world_size=1, manifest=manifests["train"])
+    assert train.steps_per_epoch == 24 // 8 and len(next(iter(train))["text"]) == 8
+    val = eval_loader_from_config(cfg, manifests["val"], rank=0, world_size=1)
+    assert val.num_items == 12
+    with pytest.raises(ConfigError, match=r"data.train_shards: .* holds no manifest.json"):
+        read_splits(cfg.data)
+
+
 def test_shards_with_nothing_usable_fail_instead_of_looping_forever(tmp_path):
     make_image_shards(tmp_path / "g", n=4, per_shard=2, captions=1)
     for tar in (tmp_path / "g").glob("*.tar"):

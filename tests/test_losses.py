@@ -59,7 +59,7 @@ def test_mcam_reuses_the_gathered_features_without_a_collective():
     img = F.normalize(torch.randn(8, 16), dim=-1)
     txt = F.normalize(torch.randn(8, 16), dim=-1)
     whole = MCAMLoss(tau=0.05)(img, txt)
-    halves = [MCAMLoss(r, 2, tau=0.05)(img[4 * r : 4 * r + 4], txt[4 * r : 4 * r + 4], img, txt) for r in (0, 1)]
+    halves = [MCAMLoss(2, tau=0.05)(img[4 * r : 4 * r + 4], txt[4 * r : 4 * r + 4], img, txt) for r in (0, 1)]
     torch.testing.assert_close((halves[0] + halves[1]) / 2, whole)
 
 
@@ -140,8 +140,8 @@ def _losses(rank: int, world: int, n_total: int):
     ids = ids[sl]
     temp = torch.tensor(0.1)
     fi, ft = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
-    itc = ITCLoss(rank, world)(fi, ft, ids, temp)
-    mcam = MCAMLoss(rank, world)(fi, ft, itc["image_feat_all"], itc["text_feat_all"], itc_temp=temp)
+    itc = ITCLoss(world)(fi, ft, ids, temp)
+    mcam = MCAMLoss(world)(fi, ft, itc["image_feat_all"], itc["text_feat_all"], itc_temp=temp)
     itm = ITMLoss(rank, world)
     neg = itm.select_negatives(itc["sim_i2t"], itc["sim_t2i"], ids, itc["image_ids_all"], seed=5)
     emb_all = gather(emb, world)

@@ -11,7 +11,6 @@ from transformers import BertTokenizer
 
 from unitrans_ds.config.schema import ModelConfig, TinyModelConfig
 from unitrans_ds.models import (
-    TASK_CLASSES,
     ModelLoadError,
     bos_token_id,
     config_hash,
@@ -20,6 +19,7 @@ from unitrans_ds.models import (
     ensure_blip_tokens,
     load_backbone,
     resolve_tokenizer,
+    task_model_class,
 )
 
 IMAGE = 32
@@ -48,7 +48,7 @@ def forward(model, task: str, tokenizer, image_size: int = IMAGE, **kw) -> torch
 @pytest.mark.parametrize("task", ["retrieval", "captioning", "vqa"])
 def test_tiny_builds_each_task_class(task):
     bb = load_backbone(tiny_cfg(), task)
-    assert type(bb.model) is TASK_CLASSES[task] and bb.task == task and bb.source == "tiny"
+    assert type(bb.model) is task_model_class(task) and bb.task == task and bb.source == "tiny"
     assert not bb.needs_interpolation and bb.newly_initialized == [] and not bb.model.training
     assert bb.model.config.text_config.vocab_size == len(bb.tokenizer)
     out = forward(bb.model, task, bb.tokenizer)
@@ -89,7 +89,7 @@ def test_local_folder_round_trip(tmp_path, task):
     src.model.save_pretrained(tmp_path)
     src.tokenizer.save_pretrained(tmp_path)
     got = load_backbone(ModelConfig(init_from=str(tmp_path), image_size=IMAGE), task)
-    assert type(got.model) is TASK_CLASSES[task] and got.newly_initialized == []
+    assert type(got.model) is task_model_class(task) and got.newly_initialized == []
     assert got.config_hash == src.config_hash and got.source == str(tmp_path.resolve())
     assert got.tokenizer("a red circle").input_ids == src.tokenizer("a red circle").input_ids
     assert enc_token_id(got.tokenizer) == enc_token_id(src.tokenizer)
@@ -101,7 +101,7 @@ def test_folder_of_another_task_reports_new_weights(tmp_path, caplog):
     cap.model.save_pretrained(tmp_path)  # no tokenizer files: the demo tokenizer is found by vocabulary size
     with caplog.at_level(logging.WARNING, logger="unitrans_ds.models.build"):
         got = load_backbone(ModelConfig(init_from=str(tmp_path), image_size=IMAGE), "retrieval")
-    assert type(got.model) is TASK_CLASSES["retrieval"]
+    assert type(got.model) is task_model_class("retrieval")
     assert "NEWLY INITIALISED" in caplog.text and "itm_head" in caplog.text
     assert {"itm_head.weight", "vision_proj.weight", "text_encoder.embeddings.word_embeddings.weight"} <= set(
         got.newly_initialized

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
 from unitrans_ds.adapters import prepare_model
-from unitrans_ds.config import build_config
-from unitrans_ds.models.build import load_backbone
-from unitrans_ds.tasks import answer_weights, build_task
+from unitrans_ds.config import ConfigError, build_config
+from unitrans_ds.data.loaders import build_train_loader
+from unitrans_ds.data.manifest import read_manifest
+from unitrans_ds.models.build import load_backbone, task_model_class
+from unitrans_ds.tasks import TASKS, Dist, TaskSettings, VQATask, answer_weights, build_task, task_class
 
 SIZE = 32
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _task(task: str, method: str = "unitrans", **over):
@@ -156,3 +160,55 @@ def test_gradient_checkpointing_trains_and_matches():
     assert ga.keys() == gb.keys() and ga
     for n in ga:
         torch.testing.assert_close(ga[n], gb[n], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("task", ["retrieval", "captioning", "vqa"])
+def test_a_task_is_told_its_settings_and_ranks_not_the_config(task):
+    t = _task(task, **{"train.seed": 7})
+    assert not hasattr(t, "cfg") and isinstance(t.settings, TaskSettings) and t.dist == Dist(0, 1)
+    assert type(t.settings) is not TaskSettings  # each task has its own settings dataclass
+    assert t.settings.seed == 7 and t.settings.image_size == SIZE
+
+
+def test_best_metric_comes_from_the_task_and_a_wrong_name_is_one_config_error():
+    for task, default in (("retrieval", "r_mean"), ("captioning", "CIDEr"), ("vqa", "overall")):
+        cfg = build_config({"task": task})
+        assert cfg.train.best_metric is None and task_class(task).best_metric(None) == default
+    build_config({"task": "captioning", "train": {"best_metric": "cider"}})  # any case: configs say CIDEr
+    with pytest.raises(
+        ConfigError, match=r"`train.best_metric` must be a captioning metric, one of CIDEr, .* got 'r_mean'"
+    ):
+        build_config({"task": "captioning", "train": {"best_metric": "r_mean"}})  # no silent swap to CIDEr
+
+
+def test_unknown_task_lists_the_registered_ones():
+    with pytest.raises(ConfigError, match="`task` must be one of retrieval, captioning, vqa, got 'ocr'"):
+        build_config({"task": "ocr"})
+    with pytest.raises(ValueError, match="task must be one of retrieval, captioning, vqa, got 'ocr'"):
+        task_class("ocr")
+
+
+class QuizTask(VQATask):
+    """A task added the documented way: one class (here a variant of VQA) and one registry entry."""
+
+    name = "quiz"
+    supports_video = False
+    default_best_metric = "accuracy"
+    metrics = ("accuracy",)
+
+
+def test_a_registered_task_is_known_to_every_module(monkeypatch):
+    monkeypatch.setitem(TASKS, QuizTask.name, QuizTask)
+    cfg = build_config({"task": "quiz", "model": {"init_from": "tiny", "image_size": SIZE}})
+    with pytest.raises(ConfigError, match="`video: true` is supported for retrieval and vqa, not quiz"):
+        build_config({"task": "quiz", "video": True})
+    with pytest.raises(ConfigError, match="must be a quiz metric, one of accuracy"):
+        build_config({"task": "quiz", "train": {"best_metric": "overall"}})
+    assert task_model_class("quiz") is QuizTask.hf_model  # the backbone builder
+    shards = read_manifest(ROOT / "shards/demo/image_b/train")  # the loaders count the task's items: questions
+    loader = build_train_loader(shards, task="quiz", image_size=SIZE, micro_batch_size=10)
+    assert loader.steps_per_epoch == shards.num_questions // 10 != shards.num_captions // 10
+    bb = load_backbone(cfg.model, "quiz", seed=0)
+    prepare_model(bb.model, cfg.method)
+    task = build_task(cfg, bb.model, bb.tokenizer)
+    assert type(task) is QuizTask and task.settings.inference == "rank"

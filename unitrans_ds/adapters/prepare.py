@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipForQuestionAnswering
 
 from ..config.schema import METHODS, MethodConfig
 from .bank import SharedBank
@@ -18,28 +17,17 @@ from .state import ATTR, UniTransState, get_state, starting_temperature
 from .targets import BANK_OF, AttentionTarget, TargetError, find_targets
 from .vcra_layer import VCRALinear
 
-TASK_OF_CLASS = {
-    BlipForImageTextRetrieval: "retrieval",
-    BlipForConditionalGeneration: "captioning",
-    BlipForQuestionAnswering: "vqa",
-}
-
-#: The BERT stacks that run with cross-attention (the fusion branch), per task class.
-FUSION_STACKS = {"retrieval": ["text_encoder.encoder.layer"], "vqa": ["text_encoder.encoder.layer"], "captioning": []}
 DECODER_STACK = "text_decoder.bert.encoder.layer"
 
 # Seed offsets so that every bank is re-creatable from `method.seed` alone.
 _BANK_SEED = {"enc": 0, "dec": 1, "V": 10, "T": 11, "C": 12, "D": 13}
 
 
-def task_of(model: nn.Module) -> str:
-    for cls, task in TASK_OF_CLASS.items():
-        if isinstance(model, cls):
-            return task
-    raise TypeError(
-        f"expected a BlipForImageTextRetrieval, BlipForConditionalGeneration or BlipForQuestionAnswering, "
-        f"got {type(model).__name__}"
-    )
+def task_of(model: nn.Module):
+    """The task class (`tasks.Task`) whose HF BLIP class `model` is: its facts say where QASN goes."""
+    from ..tasks.registry import task_of_model  # the task classes build on adapters: asked at call time
+
+    return task_of_model(model)
 
 
 @dataclass
@@ -101,7 +89,7 @@ def _build_banks(
         state.add_bank(name, bank)
 
 
-def _wrap_block(target: AttentionTarget, state: UniTransState, method: MethodConfig, ref: torch.Tensor) -> None:
+def _wrap_block(target: AttentionTarget, state: UniTransState, method: MethodConfig) -> None:
     bank = state.banks[_bank_name(method, target.modality)]
     r = method.rank
     if target.fused:
@@ -136,12 +124,13 @@ def _wrap_block(target: AttentionTarget, state: UniTransState, method: MethodCon
         setattr(target.module, name, w)
 
 
-def _qasn_stacks(task: str, method: MethodConfig) -> list[tuple[str, str]]:
-    """(stack path, bank name) pairs that get a side network."""
-    stacks = [(p, "enc") for p in FUSION_STACKS[task]]
+def _qasn_stacks(model: nn.Module, method: MethodConfig) -> list[tuple[str, str]]:
+    """(stack path, bank name) pairs that get a side network: the task's fusion stacks, and the decoder's."""
+    task = task_of(model)
+    stacks = [(p, "enc") for p in task.fusion_stacks]
     if method.qasn_decoder:
-        if task == "retrieval":
-            raise ValueError("`method.qasn_decoder: true` needs a text decoder; the retrieval model has none")
+        if not hasattr(model, "text_decoder"):
+            raise ValueError(f"`method.qasn_decoder: true` needs a text decoder; the {task.name} model has none")
         stacks.append((DECODER_STACK, "dec"))
     return stacks
 
@@ -195,13 +184,13 @@ def prepare_model(model: nn.Module, method: MethodConfig) -> ParamReport:
         raise ValueError(f"unknown method {method.name!r}; use one of {', '.join(METHODS)}")
     if hasattr(model, ATTR):
         raise ValueError("this model is already prepared; build a fresh base model to prepare it again")
-    task = task_of(model)
+    task = task_of(model)  # also rejects a model that is no task's BLIP class, before anything changes
     for p in model.parameters():
         p.requires_grad_(method.name == "full")
     ref = next(model.parameters())
     state = UniTransState(starting_temperature(model.config)).to(device=ref.device)
     model.add_module(ATTR, state)
-    state.temp.requires_grad_(task == "retrieval" and method.name != "frozen" and method.train_temperature)
+    state.temp.requires_grad_(task.uses_temperature and method.name != "frozen" and method.train_temperature)
 
     if method.name in ("lora",) or method.uses_vcra:
         targets = find_targets(model, method.targets or None)
@@ -210,12 +199,12 @@ def prepare_model(model: nn.Module, method: MethodConfig) -> ParamReport:
     if method.name == "lora":
         _inject_lora(model, method, targets)
     elif method.uses_vcra:
-        qasn = _qasn_stacks(task, method) if method.uses_qasn else []
+        qasn = _qasn_stacks(model, method) if method.uses_qasn else []
         width = model.config.text_config.hidden_size
         _build_banks(state, method, targets, {bank: width for _, bank in qasn})
         for t in targets:
             state.add_scale(t.modality, method.learn_scale)
-            _wrap_block(t, state, method, ref)
+            _wrap_block(t, state, method)
         for path, bank in qasn:
             _wrap_qasn(model, path, state.banks[bank], method.qasn_activation)
     _unfreeze(model, method.unfreeze)
@@ -263,15 +252,15 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _mergeable(model: nn.Module) -> list[nn.Module]:
-    """VCRA wrappers and peft LoRA layers: both fold their update into the frozen weight."""
+def mergeable_layers(model: nn.Module) -> list[nn.Module]:
+    """VCRA wrappers and peft LoRA layers: both fold their update into the frozen weight (`base_layer`)."""
     return [m for m in model.modules() if isinstance(m, VCRALinear) or (hasattr(m, "merge") and hasattr(m, "lora_A"))]
 
 
 @torch.no_grad()
 def merge_adapters(model: nn.Module) -> int:
     """Fold every VCRA / LoRA update into the frozen weights. Returns the number of merged layers."""
-    layers = _mergeable(model)
+    layers = mergeable_layers(model)
     for m in layers:
         m.merge()
     return len(layers)
@@ -280,7 +269,7 @@ def merge_adapters(model: nn.Module) -> int:
 @torch.no_grad()
 def unmerge_adapters(model: nn.Module) -> int:
     """Take every folded update back out of the frozen weights."""
-    layers = _mergeable(model)
+    layers = mergeable_layers(model)
     for m in layers:
         m.unmerge()
     return len(layers)
@@ -308,6 +297,7 @@ __all__ = [
     "get_state",
     "has_side_network",
     "merge_adapters",
+    "mergeable_layers",
     "parameter_report",
     "prepare_model",
     "task_of",

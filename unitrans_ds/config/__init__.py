@@ -3,7 +3,6 @@
 from .load import ConfigError, build_config, flatten, load_config, save_config, to_dict
 from .schema import (
     METHODS,
-    TASKS,
     Config,
     DataConfig,
     EvalConfig,
@@ -17,7 +16,6 @@ from .schema import (
 
 __all__ = [
     "METHODS",
-    "TASKS",
     "Config",
     "ConfigError",
     "DataConfig",

@@ -21,7 +21,6 @@ from .schema import (
     METHODS,
     PRECISIONS,
     QASN_ACTIVATIONS,
-    TASKS,
     VQA_EVALUATORS,
     VQA_LOSSES,
     Config,
@@ -30,10 +29,6 @@ from .schema import (
 
 class ConfigError(ValueError):
     """A user-facing configuration problem. The message lists every problem found."""
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def _coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
@@ -131,13 +126,27 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _task_problems(cfg: Config) -> list[str]:
+    """`task`, its video mode and `train.best_metric`, checked against the task's class."""
+    from ..tasks.registry import TASKS  # the task classes build on the config: asked at call time
+
+    cls = TASKS.get(cfg.task)
+    if cls is None:
+        return [f"`task` must be one of {', '.join(TASKS)}, got {cfg.task!r}"]
+    errs = []
+    if cfg.video and not cls.supports_video:
+        video = [name for name, c in TASKS.items() if c.supports_video]
+        errs.append(f"`video: true` is supported for {' and '.join(video)}, not {cfg.task}")
+    try:
+        cls.best_metric(cfg.train.best_metric)
+    except ValueError as e:
+        errs.append(str(e))
+    return errs
+
+
 def validate(cfg: Config) -> list[str]:
     """Cross-field checks. Returns a list of problems (empty when the config is sound)."""
-    errs = []
-    if cfg.task not in TASKS:
-        errs.append(f"`task` must be one of {', '.join(TASKS)}, got {cfg.task!r}")
-    if cfg.video and cfg.task == "captioning":
-        errs.append("`video: true` is supported for retrieval and vqa, not captioning")
+    errs = _task_problems(cfg)
     m = cfg.method
     if m.name not in METHODS:
         errs.append(f"`method.name` must be one of {', '.join(METHODS)}, got {m.name!r}")

@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass, field
 
 METHODS = ("frozen", "full", "lora", "scaling-vectors", "vcra", "vcra+qasn", "vcra+mcam", "unitrans")
-TASKS = ("retrieval", "captioning", "vqa")
 QASN_ACTIVATIONS = ("tanh", "gelu", "silu", "identity", "sigmoid")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ITM_SCORES = ("logit", "prob")
@@ -214,7 +213,12 @@ class TrainConfig:
         "Write a resume checkpoint every N steps; 0 = only at the end (and on SIGTERM, at the next step).", 0
     )
     keep_last: int = _help("Resume checkpoints to keep.", 2)
-    best_metric: str = _help("Validation metric that selects the best adapter (higher is better).", "r_mean")
+    best_metric: str | None = _help(
+        "Validation metric that selects the best adapter (higher is better), one the task's evaluation returns "
+        "(any case); null takes the task's default (`r_mean`, `CIDEr`, `overall`: `default_best_metric` of its "
+        "class in unitrans_ds/tasks/).",
+        None,
+    )
     resume: str | None = _help("`auto` resumes from the latest checkpoint in output_dir; or a checkpoint folder.", None)
     log_every: int = _help("Log training metrics every N steps.", 5)
     zero_shot_eval: bool = _help("Evaluate before training, to report the before/after gain.", True)
@@ -224,6 +228,7 @@ class TrainConfig:
         "weight min(1, count/3) (the VQA soft score), no label smoothing.",
         "blip",
     )
+    label_smoothing: float = _help("Captioning: label smoothing of the LM loss.", 0.1)
 
 
 @dataclass
@@ -241,7 +246,6 @@ class EvalConfig:
     max_length: int = _help("Captioning: longest caption in tokens.", 20)
     min_length: int = _help("Captioning: shortest caption in tokens.", 5)
     prompt: str = _help("Captioning prompt.", "a picture of ")
-    label_smoothing: float = _help("Captioning LM loss label smoothing.", 0.1)
     vqa_inference: str = _help("VQA inference: `rank` over the answer list or `generate`.", "rank")
     vqa_k_test: int = _help("VQA rank inference: candidates re-scored by full-answer likelihood.", 128)
     vqa_evaluator: str = _help(
@@ -280,7 +284,7 @@ class TrackingConfig:
 
 @dataclass
 class Config:
-    task: str = _help(f"Task, one of {', '.join(TASKS)}.", "retrieval")
+    task: str = _help("Task: a name in the task registry (unitrans_ds/tasks/registry.py).", "retrieval")
     video: bool = _help("Video mode of retrieval / VQA: clips of `data.num_frames` frames.", False)
     model: ModelConfig = _help("Backbone.", factory=ModelConfig)
     method: MethodConfig = _help("Adaptation method.", factory=MethodConfig)

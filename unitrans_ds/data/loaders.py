@@ -40,8 +40,17 @@ from unitrans_ds.data.skips import SkipCounter
 from unitrans_ds.data.text import MAX_CAPTION_WORDS, MAX_QUESTION_WORDS, MAX_VIDEO_CAPTION_WORDS
 from unitrans_ds.data.transforms import EvalTransform, TrainTransform, normalize_batch
 
-_ITEM_UNIT = {"retrieval": "captions", "captioning": "captions", "vqa": "questions"}
-_EVAL_UNIT = {"retrieval": "samples", "captioning": "samples", "vqa": "questions"}
+
+def _task(name: str):
+    """The registered task class: its `item_unit`, `eval_unit` and `eval_max_words` shape the loaders."""
+    from unitrans_ds.tasks.registry import task_class  # the task classes build on this module: asked at call time
+
+    return task_class(name)
+
+
+def _manifest(shards: str | Path | Manifest) -> Manifest:
+    """A run hands over the manifest it read once (`manifest.read_splits`); a folder or location is read here."""
+    return shards if isinstance(shards, Manifest) else read_manifest(shards)
 
 
 def _normalized(batches: Iterable[dict], device: torch.device | None) -> Iterator[dict]:
@@ -70,11 +79,6 @@ class TrainLoader:
     world_size: int
     shared: P.SharedEpoch
     device: torch.device | None = None
-
-    @property
-    def items_per_epoch(self) -> int:
-        """Items consumed per epoch over all ranks."""
-        return self.steps_per_epoch * self.micro_batch_size * self.world_size
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         if not 0 <= start_step <= self.steps_per_epoch:
@@ -107,9 +111,7 @@ class EvalLoader:
         return self.num_batches
 
 
-def _check_common(task: str, rank: int, world_size: int, num_workers: int, batch: int, what: str) -> None:
-    if task not in P.TASKS:
-        raise ValueError(f"task must be one of {P.TASKS}, got {task!r}")
+def _check_common(rank: int, world_size: int, num_workers: int, batch: int, what: str) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     if num_workers < 0:
@@ -154,7 +156,7 @@ def _loader(dataset: wds.DataPipeline, num_workers: int, pin_memory: bool, persi
 
 
 def build_train_loader(
-    shards: str | Path,
+    shards: str | Path | Manifest,
     *,
     task: str,
     image_size: int,
@@ -185,22 +187,23 @@ def build_train_loader(
     follows the manifest. `max_words` defaults to 30 (images) or 40 (video) caption words. With `device`,
     pixels travel as uint8 to that device and are normalized there (pair with `pin_memory=True` on GPU).
     """
-    _check_common(task, rank, world_size, num_workers, micro_batch_size, "micro_batch_size")
-    manifest = read_manifest(shards)
+    unit = _task(task).item_unit
+    _check_common(rank, world_size, num_workers, micro_batch_size, "micro_batch_size")
+    manifest = _manifest(shards)
     video = _resolve_video(manifest, video)
     if not resampled:
         check_shards(manifest, world_size, num_workers, "training")
-    pairs = manifest.num_items(_ITEM_UNIT[task])
+    pairs = manifest.num_items(unit)
     steps = pairs // (micro_batch_size * world_size)
     if steps < 1:
         raise ValueError(
-            f"{manifest.folder} holds {pairs} {_ITEM_UNIT[task]}, fewer than one global batch of "
+            f"{manifest.folder} holds {pairs} {unit}, fewer than one global batch of "
             f"{micro_batch_size} x {world_size} rank(s); lower the micro batch size or add data."
         )
     max_words = max_words or (MAX_VIDEO_CAPTION_WORDS if video else MAX_CAPTION_WORDS)
     counter = SkipCounter(skip_warn_interval, name=f"train loader {manifest.folder} rank {rank}")
     # what each shard should give, to count losses in samples and pairs against the manifest
-    expected = {str(s.path): (s.samples, getattr(s, _ITEM_UNIT[task])) for s in manifest.shards}
+    expected = {str(s.path): (s.samples, getattr(s, unit)) for s in manifest.shards}
     shared, state = P.SharedEpoch(epoch), P.PassState()
     source = P.TrainShardSource(
         [str(s.path) for s in manifest.shards],
@@ -216,9 +219,9 @@ def build_train_loader(
     dataset = wds.DataPipeline(
         source,
         P.ReadRounds(counter.handler("shard_read")),
-        P.ParseSamples(counter, video, expected, _ITEM_UNIT[task]),
+        P.ParseSamples(counter, video, expected, unit),
         P.BufferShuffle(shuffle_buffer, "samples", seed, rank, state),
-        P.ExpandItems(task, True, max_words, max_question_words),
+        P.ExpandItems(unit, True, max_words, max_question_words),
         P.BufferShuffle(pair_shuffle_buffer, "pairs", seed, rank, state),
         P.Number(),
         P.SkipConsumed(micro_batch_size, state),
@@ -230,9 +233,9 @@ def build_train_loader(
             seed=seed,
             rank=rank,
             num_frames=num_frames,
-            pair_key=_ITEM_UNIT[task],
+            pair_key=unit,
         ),
-        wds.batched(micro_batch_size, collation_fn=P.Collate(task, True, counter, state), partial=False),
+        wds.batched(micro_batch_size, collation_fn=P.Collate(unit, True, counter, state), partial=False),
         P.TakeShare(steps, state),
     )
     return TrainLoader(
@@ -247,7 +250,7 @@ def build_train_loader(
 
 
 def build_eval_loader(
-    shards: str | Path,
+    shards: str | Path | Manifest,
     *,
     task: str,
     image_size: int,
@@ -268,12 +271,13 @@ def build_eval_loader(
     Shards are dealt in manifest order to reader slots `rank * W + worker`; each worker reads its shards in
     order, and DataLoader interleaves the workers' batches, so the order is fixed for a given (world, W).
     """
-    _check_common(task, rank, world_size, num_workers, batch_size, "batch_size")
-    manifest = read_manifest(shards)
+    cls = _task(task)
+    _check_common(rank, world_size, num_workers, batch_size, "batch_size")
+    manifest = _manifest(shards)
     video = _resolve_video(manifest, video)
     check_shards(manifest, world_size, num_workers, "evaluation")
     workers = max(1, num_workers)
-    unit = _EVAL_UNIT[task]
+    unit = cls.eval_unit
     per_worker = [
         sum(getattr(s, unit) for s in manifest.shards[rank * workers + w :: world_size * workers])
         for w in range(workers)
@@ -287,9 +291,9 @@ def build_eval_loader(
         ),
         wds.tarfile_to_samples(handler=counter.handler("shard_read")),
         P.ParseSamples(counter, video),
-        P.ExpandItems(task, False, max_words, max_question_words),
+        P.ExpandItems(cls.item_unit, False, max_words, max_question_words),
         P.DecodeItems(EvalTransform(image_size), counter, state, train=False, seed=0, rank=rank, num_frames=num_frames),
-        wds.batched(batch_size, collation_fn=P.Collate(task, False, counter, state), partial=True),
+        wds.batched(batch_size, collation_fn=P.Collate(cls.item_unit, False, counter, state), partial=True),
     )
     return EvalLoader(
         dataloader=_loader(dataset, num_workers, pin_memory, persistent=False),
@@ -301,11 +305,14 @@ def build_eval_loader(
     )
 
 
-def train_loader_from_config(cfg: Config, *, rank: int, world_size: int, epoch: int = 0) -> TrainLoader:
-    """`build_train_loader` with the run config's data, model and train settings (the trainer's entry point)."""
+def train_loader_from_config(
+    cfg: Config, *, rank: int, world_size: int, epoch: int = 0, manifest: Manifest | None = None
+) -> TrainLoader:
+    """`build_train_loader` with the run config's data, model and train settings (the trainer's entry point);
+    `manifest`: the training split's, when the run has read it already."""
     d = cfg.data
     return build_train_loader(
-        d.train_shards,
+        manifest or d.train_shards,
         task=cfg.task,
         image_size=cfg.model.image_size,
         micro_batch_size=cfg.train.micro_batch_size,
@@ -324,11 +331,10 @@ def train_loader_from_config(cfg: Config, *, rank: int, world_size: int, epoch: 
     )
 
 
-def eval_loader_from_config(
-    cfg: Config, folder: str | Path, *, rank: int, world_size: int, max_words: int | None = None
-) -> EvalLoader:
-    """`build_eval_loader` over the shards `folder` with the run config's sizes, batch and workers
-    (the evaluators' entry point). `max_words` overrides `data.max_words`."""
+def eval_loader_from_config(cfg: Config, folder: str | Path | Manifest, *, rank: int, world_size: int) -> EvalLoader:
+    """`build_eval_loader` over the shards `folder` (or its manifest, read already) with the run config's sizes,
+    batch and workers (the evaluation runner's entry point). Caption words are cut at the task's
+    `eval_max_words`, else `data.max_words`."""
     return build_eval_loader(
         folder,
         task=cfg.task,
@@ -339,5 +345,5 @@ def eval_loader_from_config(
         num_workers=cfg.data.num_workers,
         video=cfg.video,
         num_frames=cfg.data.num_frames,
-        max_words=max_words or cfg.data.max_words,
+        max_words=_task(cfg.task).eval_max_words or cfg.data.max_words,
     )

@@ -11,8 +11,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .remote import is_remote, location_of, read_bytes
+
+if TYPE_CHECKING:
+    from ..config.schema import DataConfig
 
 MANIFEST_NAME = "manifest.json"
 _HOW_TO_MAKE = "Write the shards with `python -m unitrans_ds.make_shards --help` (it writes manifest.json)."
@@ -145,11 +149,37 @@ def read_manifest(folder: str | Path) -> Manifest:
     return manifest
 
 
-def check_remote_split(key: str, location: str) -> None:
-    """Fail early, in one line naming the config key, when a remote split's manifest cannot be read."""
+SPLITS = ("train", "val", "test")
+
+
+def read_split(key: str, location: str | Path | Manifest) -> Manifest:
+    """A split's manifest for a run; any problem is one `ConfigError` line naming the config key `key`.
+
+    A `Manifest` passes through unread: a run reads each split's manifest once (`read_splits`) and hands the
+    objects on to its loaders, evaluations and tracking.
+    """
     from ..config import ConfigError
 
+    if isinstance(location, Manifest):
+        return location
+    if not is_remote(location) and not (Path(location) / MANIFEST_NAME).is_file():
+        raise ConfigError(
+            f"{key}: {location} holds no manifest.json; build the shards with "
+            "`python -m unitrans_ds.make_shards ...` (see shards/README.md) or fix the path"
+        )
     try:
-        read_manifest(location)
-    except (OSError, ValueError) as err:
+        return read_manifest(location)
+    except (OSError, ValueError) as err:  # 0 shards, a listed shard missing, totals that do not add up
         raise ConfigError(f"{key}: {err}") from None
+
+
+def read_splits(data: DataConfig, given: dict[str, Manifest] | None = None) -> dict[str, Manifest]:
+    """The manifests of the configured splits (`data.train_shards`, `val_shards`, `test_shards`; a null split is
+    left out), read once: the splits in `given` are taken as they are."""
+    given = given or {}
+    out = {}
+    for split in SPLITS:
+        folder = getattr(data, f"{split}_shards")
+        if folder:
+            out[split] = given.get(split) or read_split(f"data.{split}_shards", folder)
+    return out

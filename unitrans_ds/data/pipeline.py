@@ -38,7 +38,8 @@ from unitrans_ds.data.text import normalize_answer_text, pre_caption, pre_questi
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 _FRAME_KEY = re.compile(r"^f(\d{3})\.(jpg|jpeg|png|webp)$")
-TASKS = ("retrieval", "captioning", "vqa")
+#: what one item of a task is (`Task.item_unit`): a caption paired with its image, or a question with its answers
+ITEM_UNITS = ("captions", "questions")
 MAX_CONSECUTIVE_FAILURES = 1000
 
 
@@ -297,14 +298,15 @@ class BufferShuffle:
 class ExpandItems:
     """One sample -> its training or evaluation items (`{"key", "meta", "image"|"frames", ...text fields}`).
 
-    Train retrieval/captioning: one item per caption (`text`, `image_idx`). VQA (train and eval): one item per
-    question. Eval retrieval/captioning: one item per sample with all its captions.
+    `unit` is the task's item (`Task.item_unit`). `captions`: in training one item per caption (`text`,
+    `image_idx`), in evaluation one item per sample with all its captions. `questions` (train and eval): one item
+    per question.
     """
 
-    def __init__(self, task: str, train: bool, max_words: int, max_question_words: int) -> None:
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-        self.task, self.train = task, train
+    def __init__(self, unit: str, train: bool, max_words: int, max_question_words: int) -> None:
+        if unit not in ITEM_UNITS:
+            raise ValueError(f"unit must be one of {ITEM_UNITS}, got {unit!r}")
+        self.questions, self.train = unit == "questions", train
         self.max_words, self.max_question_words = max_words, max_question_words
 
     def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
@@ -313,7 +315,7 @@ class ExpandItems:
                 yield s
                 continue
             meta = s["meta"]
-            if self.task == "vqa":
+            if self.questions:
                 for q in meta.get("questions", []):
                     yield {
                         **s,
@@ -451,12 +453,10 @@ class TakeShare:
 
 
 _LIST_FIELDS = {
-    "retrieval_train": ("text",),
-    "captioning_train": ("text",),
-    "vqa_train": ("question", "answers", "question_id"),
-    "retrieval_eval": ("captions",),
-    "captioning_eval": ("captions",),
-    "vqa_eval": ("question", "question_id", "answers", "answer_type"),
+    "captions_train": ("text",),
+    "questions_train": ("question", "answers", "question_id"),
+    "captions_eval": ("captions",),
+    "questions_eval": ("question", "question_id", "answers", "answer_type"),
 }
 
 
@@ -465,20 +465,20 @@ class Collate:
     `pixel_values` is still uint8 channels-last: moving uint8 out of a worker costs a seventh of what moving
     the float batch does (measured 0.35 vs 2.3 ms of worker CPU per 384 px image)."""
 
-    def __init__(self, task: str, train: bool, counter: SkipCounter, state: PassState) -> None:
-        self.fields = _LIST_FIELDS[f"{task}_{'train' if train else 'eval'}"]
-        self.task, self.train, self.counter, self.state = task, train, counter, state
+    def __init__(self, unit: str, train: bool, counter: SkipCounter, state: PassState) -> None:
+        self.fields = _LIST_FIELDS[f"{unit}_{'train' if train else 'eval'}"]
+        self.captions, self.train, self.counter, self.state = unit == "captions", train, counter, state
 
     def __call__(self, items: list[dict]) -> dict:
         # uint8 [B, (T,) H, W, 3]; the loader normalizes it in the consuming process (`normalize_batch`).
         batch: dict[str, Any] = {"pixel_values": torch.from_numpy(np.stack([it["pixels"] for it in items]))}
         for name in self.fields:
             batch[name] = [it[name] for it in items]
-        if self.train and self.task != "vqa":
+        if self.train and self.captions:
             batch["image_idx"] = torch.tensor([it["image_idx"] for it in items], dtype=torch.int64)
         if not self.train:
             batch["id"] = [str(it["meta"].get("id")) for it in items]
-            if self.task != "vqa":
+            if self.captions:
                 batch["image_id"] = [it["meta"].get("image_id") for it in items]
         if "frame_times" in items[0]:
             batch["frame_times"] = torch.tensor([it["frame_times"] for it in items], dtype=torch.float32)

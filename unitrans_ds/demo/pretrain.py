@@ -28,8 +28,8 @@ import torch
 
 from ..cli import ArgumentParser
 from ..config import Config, load_config
-from ..config.schema import TASKS
 from ..engine.distributed import shutdown_distributed
+from ..tasks.registry import TASKS
 
 #: the tiny sizes of every demo backbone: ~1.9M (retrieval, captioning) and ~3.1M (VQA) parameters
 TINY_SIZES = {
@@ -203,7 +203,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="task classes to pretrain")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS), help="task classes to pretrain")
     p.add_argument("--out", default="pretrained", help="folder that receives tiny-blip-<task>/ (default: %(default)s)")
     p.add_argument("--shards", default="shards/demo", help="demo shards root with image_a/ and image_b/")
     p.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs (quick trials)")

@@ -1,7 +1,7 @@
 """Estimates for planning a paper run on GPUs: the micro batch that fits a GPU, and GPU-hours from FLOPs.
 
 No GPU run of the paper configs exists yet, so both are estimates, and docs/reproducing.md says so:
-- memory: bf16 weights of the task class + `ACTIVATION_FACTOR` x the activation estimate of `engine/memory.py`
+- memory: bf16 weights of the task class + `ACTIVATION_FACTOR` x the activation estimate of `dryrun/memory.py`
   + `RESERVE_GIB` (CUDA context, allocator slack, evaluation buffers). The factor is the one measured on CPU for
   the BLIP-base video config (20.2 GB peak for a 13.3 GiB fp32 estimate, benchmarks/README.md);
 - time: forward FLOPs counted per layer from the BLIP-base shapes (matrix products and attention), training =
@@ -17,8 +17,8 @@ import torch
 from transformers import BlipConfig
 
 from ..config import Config
-from ..engine.memory import _TEXT_TOKENS, estimate_activation_bytes
-from ..models.build import TASK_CLASSES
+from ..tasks.registry import task_class
+from .memory import estimate_activation_bytes
 
 ACTIVATION_FACTOR = 1.42
 RESERVE_GIB = 2.0
@@ -53,7 +53,7 @@ WORKLOADS = {
 def weight_gib(cfg: Config, blip: BlipConfig) -> float:
     """bf16 bytes of the task class's weights (counted on the meta device: nothing is allocated)."""
     with torch.device("meta"):
-        model = TASK_CLASSES[cfg.task](blip)
+        model = task_class(cfg.task).hf_model(blip)
     return sum(p.numel() for p in model.parameters()) * 2 / 2**30
 
 
@@ -93,7 +93,7 @@ def forward_flops(cfg: Config, blip: BlipConfig) -> dict[str, float]:
     v, t = blip.vision_config, blip.text_config
     frames = cfg.data.num_frames if cfg.video else 1
     patches = (cfg.model.image_size // v.patch_size) ** 2 + 1
-    k = _TEXT_TOKENS[cfg.task]
+    k = task_class(cfg.task).max_text_tokens
     return {
         "image": frames * v.num_hidden_layers * _layer(patches, v.hidden_size),
         "text": t.num_hidden_layers * _layer(k, t.hidden_size),
@@ -120,7 +120,8 @@ def gpu_hours(name: str, cfg: Config, blip: BlipConfig) -> dict[str, float]:
             return images * f["image"] + texts * f["text"] + cfg.eval.k_test * (images + texts) * f["pair"]
         if cfg.task == "captioning":  # beam search: beams x about max_length decoder steps of one token
             return images * (
-                f["image"] + cfg.eval.num_beams * cfg.eval.max_length * f["decode"] / _TEXT_TOKENS["captioning"]
+                f["image"]
+                + cfg.eval.num_beams * cfg.eval.max_length * f["decode"] / task_class(cfg.task).max_text_tokens
             )
         return images * (f["image"] + f["pair"] + cfg.eval.vqa_k_test * f["answer"])
 

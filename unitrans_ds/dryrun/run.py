@@ -12,7 +12,7 @@ What it does, top to bottom:
    the one evaluation the config would run at the end (validation, else test) with the config's image size,
    frame count and inference settings (the evaluators clip k_test to the candidates the data has);
 5. prints and writes (`<work>/dry_run.json`) the step times, the peak memory it saw and the activation estimate
-   of `engine/memory.py` for the config's real micro batch.
+   of `dryrun/memory.py` for the config's real micro batch.
 
 Random weights make many subnormal floats, which x86 CPUs compute on several times slower (benchmarks/README.md),
 so they are flushed to zero here; trained checkpoints do not sit in that regime.
@@ -32,11 +32,11 @@ import torch
 from transformers import BertTokenizer
 
 from ..config import Config, ConfigError, load_config
-from ..engine.memory import estimate_activation_bytes
 from ..make_shards import main as make_shards_main
 from ..models.build import ensure_blip_tokens
 from ..models.known_checkpoints import KNOWN_CHECKPOINTS, RANDOM_PREFIX, architecture, known_checkpoint
 from ..models.tiny import SPECIAL_TOKENS, demo_vocab_path
+from .memory import estimate_activation_bytes
 from .native import SHARD_COMMANDS, WRITERS
 
 log = logging.getLogger("unitrans_ds.dryrun")

@@ -1,6 +1,7 @@
 """The model an evaluation runs on during training: one precision (`eval.precision`) for every ZeRO stage.
 
-Who calls it: the trainer, at each validation and for the final test (`Trainer.eval_task`). Every rank calls it.
+Who calls it: the trainer's validation unit (`engine/validation.py`), at each validation and for the final test.
+Every rank calls it.
 
 - `fp32` (default, as BLIP evaluates): the weights are full precision. When the engine trains in fp32 at ZeRO
   0-2, that is the live model; otherwise a copy built once from the same base in fp32.
@@ -13,6 +14,9 @@ its dtype: the same tensors whatever the stage, so the same adapter scores the s
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -57,6 +61,22 @@ class EvalModel:
                 for k, v in tensors.items():
                     params["model." + k].copy_(v.to(params["model." + k].dtype))
         return target
+
+    @contextlib.contextmanager
+    def evaluating(self, tensors: dict[str, torch.Tensor] | None = None) -> Iterator[Task]:
+        """`task(tensors)` for the body; when `tensors` went into the live model, its own tensors are put back on
+        exit (the engine's training state is not touched)."""
+        if tensors is None or self.uses_copy:
+            yield self.task(tensors)
+            return
+        params = dict(self.live.named_parameters())
+        current = {n: p.detach().clone() for n, p in params.items() if p.requires_grad}
+        try:
+            yield self.task(tensors)
+        finally:
+            with torch.no_grad():
+                for n, v in current.items():
+                    params[n].copy_(v)
 
     def _refreshed_copy(self) -> Task:
         if self._copy is None:

@@ -1,9 +1,12 @@
 """The one training loop: every task, every method, every ZeRO stage.
 
 Read `train()` top to bottom: build (model, adapters, task, data, DeepSpeed engine, tracker), maybe resume,
-then for each micro batch: forward through the engine (named losses), backward, step; log, evaluate, export,
-checkpoint at their intervals; finally evaluate the best adapter on the test split. Rank 0 writes files and
-MLflow; collectives (loss averaging, save_checkpoint, ZeRO-3 gathers, evaluation) run on every rank.
+then for each micro batch: forward through the engine (named losses), backward, step; log, validate (with the
+adapter exports), checkpoint at their intervals; finally evaluate the best adapter on the test split. Three
+units do the rest: `validation.py` (validation rounds, exports, best adapter), `run_checkpoints.py` (resume
+checkpoints) and `eval_model.py` (the model evaluations run on, a copy under ZeRO-3). Rank 0 writes files; the
+tracker is a no-op on the other ranks; collectives (loss averaging, save_checkpoint, ZeRO-3 gathers, evaluation)
+run on every rank. docs/architecture.md follows one step through the code.
 """
 
 from __future__ import annotations
@@ -18,29 +21,27 @@ from pathlib import Path
 
 import torch
 
-from ..adapters import prepare_model, save_adapter, trainable_state_dict, zero3_register_external
+from ..adapters import prepare_model, zero3_register_external
 from ..config import Config, ConfigError, save_config
 from ..data.loaders import check_shards, train_loader_from_config
-from ..data.manifest import read_manifest
+from ..data.manifest import Manifest, read_splits
 from ..data.skips import DataLossError, SkipTotals, describe_loss, loss_summary, merge_ledgers
 from ..models.build import load_backbone
-from ..tasks import build_task
+from ..tasks import Dist, build_task
 from ..tracking import build_tracker
-from ..tracking.journal import METRICS_FILE
 from ..tracking.progress import progress, write
-from ..tracking.run_info import metric_key, run_params, shard_datasets, split_metrics, standard_tags
+from ..tracking.run_info import run_params, shard_datasets, standard_tags
 from ..tracking.summary import summary_table
-from .checkpoint import TrainState, latest_tag, load_checkpoint, logged_after, save_checkpoint
-from .distributed import barrier, gather_objects, init_distributed, mean_over_ranks, sum_over_ranks
+from .checkpoint import TrainState
+from .distributed import gather_objects, init_distributed, mean_over_ranks, sum_over_ranks
 from .ds_config import bf16_supported, resolve_ds_config
 from .eval_model import EvalModel
 from .optim import build_optimizer, build_scheduler, clamp_temperature, temperature_param
+from .run_checkpoints import Checkpoints
 from .stop import EXIT_STOPPED, StopRequest
+from .validation import Validation
 
 log = logging.getLogger("unitrans_ds.train")
-
-#: the metric each task's `best_metric` default refers to, when the config leaves the retrieval default
-_DEFAULT_BEST = {"retrieval": "r_mean", "captioning": "cider", "vqa": "overall"}
 
 
 @dataclass
@@ -58,22 +59,20 @@ def _peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _gathered(engine, stage: int):
-    """Context that makes full trainable tensors visible under ZeRO-3 (no-op otherwise). Every rank enters."""
-    if stage != 3:
-        return contextlib.nullcontext()
-    import deepspeed
-
-    params = [p for p in engine.module.parameters() if p.requires_grad]
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-
-
 class Trainer:
-    def __init__(self, cfg: Config, ds_config: str | Path, resume: str | None = None):
+    """`manifests`: the splits' manifests when the caller has read them (`data.manifest.read_splits`), so that a
+    run reads each once; the others are read here."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        ds_config: str | Path,
+        resume: str | None = None,
+        manifests: dict[str, Manifest] | None = None,
+    ):
         self.cfg = cfg
         self.rank, self.world, _ = init_distributed()
         self.run_dir = Path(cfg.train.output_dir)
-        self.resume = resume if resume is not None else cfg.train.resume
         torch.manual_seed(cfg.train.seed)
 
         if cfg.train.precision == "fp16" and not torch.cuda.is_available():
@@ -83,11 +82,13 @@ class Trainer:
             )
         self.ds_cfg = resolve_ds_config(ds_config, cfg, self.world, bf16_supported())
         self.stage = int(self.ds_cfg.get("zero_optimization", {}).get("stage", 0))
-        self.train_loader = train_loader_from_config(cfg, rank=self.rank, world_size=self.world)
+        self.manifests = read_splits(cfg.data, manifests)
+        self.train_loader = train_loader_from_config(
+            cfg, rank=self.rank, world_size=self.world, manifest=self.manifests["train"]
+        )
         for split in ("val", "test"):  # fail now, not after hours of training
-            folder = getattr(cfg.data, f"{split}_shards")
-            if folder:
-                check_shards(read_manifest(folder), self.world, cfg.data.num_workers, "evaluation")
+            if split in self.manifests:
+                check_shards(self.manifests[split], self.world, cfg.data.num_workers, "evaluation")
         self.accum = int(self.ds_cfg["gradient_accumulation_steps"])
         steps_per_epoch = self.train_loader.steps_per_epoch // self.accum
         self.total_steps = cfg.train.epochs * steps_per_epoch
@@ -119,6 +120,14 @@ class Trainer:
         self.tracker = build_tracker(cfg.tracking, self.rank, self.run_dir)
         self.state = TrainState()
         self.eval_model = EvalModel(cfg, self.engine, self.stage, self.rank, self.world)
+        self.validation = Validation(
+            cfg, self.engine, self.stage, self.eval_model, self.tracker, self.run_dir, Dist(self.rank, self.world),
+            self.base_name, self.manifests,
+        )  # fmt: skip
+        t = cfg.train
+        self.checkpoints = Checkpoints(
+            self.run_dir, resume if resume is not None else t.resume, t.save_every, t.keep_last, self.rank
+        )
         self.skips = SkipTotals()
         self._logged_before: dict[int, set[str]] = {}  # step -> names logged by the run this one resumes
 
@@ -143,31 +152,22 @@ class Trainer:
             **standard_tags("launchers/train.py"),
         }
         run_id = self.tracker.start(name, tags, self._run_params(), resume_run_id=self.state.mlflow_run_id)
-        if self.rank == 0:
-            self.tracker.log_inputs(shard_datasets(cfg))
-            self.state.mlflow_run_id = run_id or self.state.mlflow_run_id
+        self.state.mlflow_run_id = run_id or self.state.mlflow_run_id
+        self.tracker.log_inputs(shard_datasets(cfg, self.manifests))
+        if self.rank == 0:  # files: rank 0 writes
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
             (self.run_dir / "ds_config.json").write_text(json.dumps(self.ds_cfg, indent=2))
-            self.tracker.log_artifact(self.run_dir / "config.yaml")
-            self.tracker.log_artifact(self.run_dir / "ds_config.json")
             print(
                 f"[unitrans_ds] {cfg.task} / {cfg.method.name}: trainable parameters\n{self.report.table()}", flush=True
             )
+        self.tracker.log_artifact(self.run_dir / "config.yaml")
+        self.tracker.log_artifact(self.run_dir / "ds_config.json")
 
     def _maybe_resume(self) -> None:
-        if not self.resume:
-            return
-        ckpt_dir = (self.run_dir if self.resume == "auto" else Path(self.resume)) / "checkpoints"
-        if self.resume == "auto" and latest_tag(ckpt_dir) is None:
-            if self.rank == 0:
-                log.info("resume=auto: no checkpoint in %s yet, starting fresh", ckpt_dir)
-            return
-        names = set(trainable_state_dict(self.engine.module))
-        self.state = load_checkpoint(self.engine, ckpt_dir, self.rank, names)
-        if self.rank == 0:
-            self._logged_before = logged_after(self.run_dir / METRICS_FILE, self.state.step)
-            print(f"[unitrans_ds] resumed from {ckpt_dir} at step {self.state.step}", flush=True)
+        resumed = self.checkpoints.resume(self.engine)
+        if resumed is not None:
+            self.state, self._logged_before = resumed
 
     def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Log through the tracker, dropping what a run stopped after its last checkpoint already logged.
@@ -180,60 +180,6 @@ class Trainer:
             metrics = {k: v for k, v in metrics.items() if k not in done}
         if metrics:
             self.tracker.log_metrics(metrics, step)
-
-    # ------------------------------------------------------------------ evaluation and export
-    def export_adapter(self, name: str) -> Path | None:
-        """Collective (ZeRO-3 gathers); rank 0 writes `<run>/<name>/`."""
-        out = self.run_dir / name
-        with _gathered(self.engine, self.stage):
-            if self.rank == 0:
-                tensors = {k.removeprefix("model."): v for k, v in trainable_state_dict(self.engine.module).items()}
-                save_adapter(
-                    self.model,
-                    out,
-                    self.cfg.method,
-                    self.base_name,
-                    state_dict=tensors,
-                    extra={"step": self.state.step, "task": self.cfg.task, "video": self.cfg.video},
-                )
-        barrier()
-        return out if self.rank == 0 else None
-
-    def evaluate(self, split: str, task=None) -> dict[str, float]:
-        """Collective. Metrics of the task's evaluator on `data.<split>_shards`, prefixed with the split."""
-        from ..evaluation.runner import evaluate
-
-        shards = getattr(self.cfg.data, f"{split}_shards")
-        if not shards:
-            return {}
-        out_dir = self.run_dir / "eval" / f"{split}_step{self.state.step:06d}"
-        task = task if task is not None else self.eval_task()
-        metrics = evaluate(task, self.cfg, shards, rank=self.rank, world_size=self.world, out_dir=out_dir)
-        if self.rank == 0 and out_dir.is_dir():
-            self.tracker.log_artifact(out_dir, artifact_path=f"eval/{out_dir.name}")
-        return split_metrics(split, metrics)
-
-    def eval_task(self, tensors: dict | None = None):
-        """The task to evaluate, in `eval.precision` whatever the ZeRO stage (`engine.eval_model`): the live one,
-        or a copy refreshed with the trained tensors. `tensors` (adapter names) overrides them."""
-        return self.eval_model.task(tensors)
-
-    def _best_key(self) -> str:
-        metric = self.cfg.train.best_metric
-        if metric == "r_mean" and self.cfg.task != "retrieval":
-            metric = _DEFAULT_BEST[self.cfg.task]
-        return f"val/{metric_key(metric)}"
-
-    def _validate_and_export(self) -> dict[str, float]:
-        metrics = self.evaluate("val")
-        self.export_adapter("adapter_last")
-        key = self._best_key()
-        if key in metrics and (self.state.best_metric is None or metrics[key] > self.state.best_metric):
-            self.state.best_metric, self.state.best_step = metrics[key], self.state.step
-            self.export_adapter("adapter_best")
-        elif metrics and key not in metrics and self.rank == 0:
-            log.warning("best_metric %s is not among the validation metrics %s", key, sorted(metrics))
-        return metrics
 
     # ------------------------------------------------------------------ the loop
     def _log_train(self, sums: dict[str, float], n: int, t0: float, samples: int) -> None:
@@ -273,7 +219,7 @@ class Trainer:
 
     def _data_loss(self) -> dict:
         """Collective: what the training data lost so far, over every rank, in samples and pairs per shard."""
-        unit = "questions" if self.cfg.task == "vqa" else "captions"
+        unit = self.task.item_unit
         ledger = merge_ledgers(gather_objects(self.skips.ledger))
         manifest = self.train_loader.manifest
         return loss_summary(ledger, manifest.total_samples, manifest.num_items(unit), unit)
@@ -321,11 +267,11 @@ class Trainer:
                     self._log_train(sums, n, t0, samples)
                     sums, n, samples, t0 = {}, 0, 0, time.perf_counter()
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
-                    self._log_metrics(self._validate_and_export(), step)
+                    self._log_metrics(self.validation.validate(self.state), step)
                     self.engine.train()
                 stopping = stop.agreed(self.task.device)  # collective: all ranks stop on this same step or none
-                if (cfg.save_every and step % cfg.save_every == 0) or stopping:
-                    save_checkpoint(self.engine, self.run_dir / "checkpoints", self.state, self.rank, cfg.keep_last)
+                if self.checkpoints.due(step) or stopping:
+                    self.checkpoints.save(self.engine, self.state)
                 if stopping:
                     return "KILLED"
                 if step >= self.total_steps:
@@ -344,7 +290,7 @@ class Trainer:
         try:
             with StopRequest() as stop:
                 if self.state.step == 0 and self.cfg.train.zero_shot_eval and self.cfg.data.val_shards:
-                    before = self.evaluate("val")
+                    before = self.validation.evaluate("val", self.state.step)
                     self._log_metrics(before, 0)
                     metrics.update(
                         {k.replace("val/", "val_before/"): v for k, v in before.items() if k.startswith("val/")}
@@ -362,16 +308,15 @@ class Trainer:
 
     def _finish(self) -> dict[str, float]:
         """Final validation (best adapter), adapter export, test evaluation with the best adapter, checkpoint."""
-        final = self._validate_and_export() if self.cfg.data.val_shards else {}
+        final = self.validation.validate(self.state) if self.cfg.data.val_shards else {}
         self._log_metrics(final, self.state.step)
-        out = self.export_adapter("adapter_final")
-        if self.rank == 0:
-            self.tracker.log_artifact(out, artifact_path="adapter_final")
-            if (self.run_dir / "adapter_best").is_dir():
-                self.tracker.log_artifact(self.run_dir / "adapter_best", artifact_path="adapter_best")
-        test = self._test_with_best()
+        out = self.validation.export("adapter_final", self.state.step)
+        self.tracker.log_artifact(out, artifact_path="adapter_final")  # None on other ranks: a no-op tracker there
+        if (self.run_dir / "adapter_best").is_dir():
+            self.tracker.log_artifact(self.run_dir / "adapter_best", artifact_path="adapter_best")
+        test = self.validation.test_best(self.state)
         self._log_metrics(test, self.state.step)
-        save_checkpoint(self.engine, self.run_dir / "checkpoints", self.state, self.rank, self.cfg.train.keep_last)
+        self.checkpoints.save(self.engine, self.state)
         loss = self._data_loss()
         metrics = {
             **final,
@@ -382,37 +327,20 @@ class Trainer:
             "data/lost_pairs": float(loss["lost_pairs"]),
             "data/lost_fraction": loss["lost_fraction"],
         }
+        self.tracker.log_dict(loss, "data_loss.json")
         if self.rank == 0:
             (self.run_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
             (self.run_dir / "data_loss.json").write_text(json.dumps(loss, indent=2))
-            self.tracker.log_dict(loss, "data_loss.json")
             print(f"[unitrans_ds] data: {describe_loss(loss)}", flush=True)
         return metrics
 
-    def _test_with_best(self) -> dict[str, float]:
-        """Test metrics of the best adapter (by `train.best_metric`), or of the final one when it is the best."""
-        if not self.cfg.data.test_shards:
-            return {}
-        best = self.run_dir / "adapter_best" / "adapter_model.safetensors"
-        if self.state.best_step in (None, self.state.step) or not best.is_file():
-            return self.evaluate("test")
-        from safetensors.torch import load_file
 
-        if self.eval_model.uses_copy:  # the evaluation copy takes the best tensors; the engine is not touched
-            return self.evaluate("test", task=self.eval_task(load_file(str(best))))
-        current = {k: v.clone() for k, v in trainable_state_dict(self.task).items()}
-        try:
-            return self.evaluate("test", task=self.eval_task(load_file(str(best))))
-        finally:
-            params = dict(self.task.named_parameters())
-            with torch.no_grad():
-                for k, v in current.items():
-                    params[k].copy_(v)
-
-
-def train(cfg: Config, ds_config: str | Path, resume: str | None = None) -> RunResult:
-    """Build everything and run. Returns the run folder, the final metrics and the train state."""
-    trainer = Trainer(cfg, ds_config, resume)
+def train(
+    cfg: Config, ds_config: str | Path, resume: str | None = None, manifests: dict[str, Manifest] | None = None
+) -> RunResult:
+    """Build everything and run. Returns the run folder, the final metrics and the train state. `manifests`: the
+    splits' manifests the caller read already (`launchers/train.py` checks them before anything is built)."""
+    trainer = Trainer(cfg, ds_config, resume, manifests)
     result = trainer.run()
     if trainer.rank == 0 and result.status == "KILLED":
         print(

@@ -1,10 +1,10 @@
 """Captioning evaluation: beam search on every rank's share of the split, COCO metrics on rank 0 (SPEC 5).
 
-Called by `evaluation.runner.evaluate` on every rank. Each rank captions the images its eval loader yields
-(`CaptioningTask.generate`: beams, min/max length and the prompt from `cfg.eval`), the results are gathered, and
+`CaptioningTask.evaluate` runs these steps on every rank. Each rank captions the images its eval loader yields
+(`CaptioningTask.generate`: beams, min/max length and the prompt from `eval`), the results are gathered, and
 rank 0 writes them in the COCO results format and scores them with pycocoevalcap (`score_captions`: PTB
 tokenizer, BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE where its jars are installed) against the split's own
-captions. The runner builds the loader without the 30-word cut, so the references are the shard json's full
+captions. The loader is built without the 30-word cut (`CaptioningTask.eval_max_words`), so the references are the shard json's full
 captions (lowercased and with BLIP's punctuation `.!"()*#:;~` removed by the loader; the PTB tokenizer removes the
 same punctuation, so only `* # ~` differ from scoring the raw strings).
 """
@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data.loaders import EvalLoader
 from ..metrics.captions import score_captions, write_coco_results
-from ..tasks.captioning import CaptioningTask
 from ..tracking.progress import progress
-from .distributed import all_gather_objects, on_rank0
-from .inference import inference_mode
+
+if TYPE_CHECKING:  # the task class runs these steps (its `evaluate`); no import at run time
+    from ..tasks.captioning import CaptioningTask
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def generate_captions(task: CaptioningTask, loader: EvalLoader, rank: int) -> li
     return out
 
 
-def _merge_ranks(per_rank: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def merge_ranks(per_rank: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     seen: dict[Any, int] = {}
     merged = []
     for rec in (r for part in per_rank for r in part):
@@ -86,24 +86,3 @@ def score_and_write(records: list[dict[str, Any]], out_dir: Path, split: str) ->
     if reason is not None:
         print(f"[unitrans_ds] captioning: SPICE not computed: {reason.split(';')[0]}", flush=True)
     return {k: float(v) for k, v in scores.items()}
-
-
-def evaluate_captioning(
-    task: CaptioningTask,
-    loader: EvalLoader,
-    rank: int,
-    world_size: int,
-    out_dir: str | Path,
-    merge: bool = True,
-) -> dict[str, float]:
-    """Caption metrics of `task` on the loader's split (a collective: every rank calls it with its loader).
-
-    Returns Bleu_1..Bleu_4, METEOR, ROUGE_L, CIDEr, SPICE (only where it can run) and n_images, equal on every
-    rank. Rank 0 writes `caption_results.json` (`[{"image_id", "caption"}]`, COCO results format) and
-    `caption_references.json` (COCO ground-truth format) into `out_dir`. Raises `NoGroundTruthError` (after
-    writing the results) when the split has no captions.
-    """
-    with inference_mode(task, merge):
-        local = generate_captions(task, loader, rank)
-    records = _merge_ranks(all_gather_objects(local, world_size))
-    return on_rank0(lambda: score_and_write(records, Path(out_dir), str(loader.manifest.folder)), rank, world_size)

@@ -18,16 +18,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..adapters import merge_adapters, unmerge_adapters
-
-
-def mergeable_layers(model: nn.Module) -> list[nn.Module]:
-    """Adapter wrappers that fold into a base Linear: VCRA wrappers and peft LoRA layers (both own `base_layer`)."""
-    return [
-        m
-        for m in model.modules()
-        if hasattr(m, "base_layer") and callable(getattr(m, "merge", None)) and callable(getattr(m, "unmerge", None))
-    ]
+from ..adapters import merge_adapters, mergeable_layers, unmerge_adapters
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Image-text (and video-text) retrieval evaluation: ITC for every pair, ITM re-ranking of the top k_test (SPEC 5).
 
-Called by `evaluation.runner.evaluate` (trainer and `launchers/eval.py`), on every rank, with the task and this
-rank's eval loader. Steps:
+`RetrievalTask.evaluate` runs these steps on every rank, with this rank's eval loader (through
+`evaluation.runner.evaluate`, for the trainer and `launchers/eval.py`). Steps:
 
 1. Encode this rank's images (or videos): ITC features, and vision token features kept in a `TokenStore` (half
    precision on CPU, in chunks of `eval.feature_chunk` images).
@@ -34,16 +34,18 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..data.loaders import EvalLoader
 from ..metrics.retrieval import retrieval_metrics, topk_rankings
-from ..tasks.retrieval import RetrievalTask
 from ..tracking.progress import progress
-from .distributed import all_gather_objects, all_gather_rows, on_rank0
-from .inference import inference_mode
+from .distributed import all_gather_rows
+
+if TYPE_CHECKING:  # the task class runs these steps (its `evaluate`); no import at run time
+    from ..tasks.retrieval import RetrievalTask
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +123,10 @@ def token_store_estimate(n_images: int, tokens: int, width: int, bytes_per: int 
     return f"image token store: {n_images} images x {tokens} tokens x {width} x {bytes_per} bytes = {mib:.1f} MiB"
 
 
-def _tokens_per_image(task: RetrievalTask) -> int:
-    vc = task.model.config.vision_config
-    per_frame = (task.cfg.model.image_size // vc.patch_size) ** 2 + 1
-    return per_frame * (task.cfg.data.num_frames if task.cfg.video else 1)
+def tokens_per_image(task: RetrievalTask) -> int:
+    vc, s = task.model.config.vision_config, task.settings
+    per_frame = (s.image_size // vc.patch_size) ** 2 + 1
+    return per_frame * (s.num_frames if s.video else 1)
 
 
 @dataclass
@@ -140,7 +142,7 @@ class LocalImages:
 
 def encode_local_images(task: RetrievalTask, loader: EvalLoader, rank: int) -> LocalImages:
     """Step 1. Needs `inference_mode` around it."""
-    store = TokenStore(task.cfg.eval.feature_chunk, task.dtype)
+    store = TokenStore(task.settings.feature_chunk, task.dtype)
     ids, image_ids, captions, feats = [], [], [], []
     for batch in progress(loader, total=len(loader), desc="retrieval: images", enabled=rank == 0, leave=False):
         tokens, feat = task.image_embed(batch["pixel_values"])
@@ -290,8 +292,9 @@ def score_pairs(
 ) -> torch.Tensor:
     """ITM scores (`eval.itm_score`) of the sorted pair `codes` (step 4), image by image in chunks of
     max(k_test, batch)."""
+    settings = task.settings
     n_unique = len(index.unique_texts)
-    per_forward = max(task.cfg.eval.k_test, task.cfg.eval.batch_size)
+    per_forward = max(settings.k_test, settings.batch_size)
     out = torch.empty(len(codes), dtype=torch.float32)
     images, counts = torch.unique_consecutive(codes // n_unique, return_counts=True)
     start = 0
@@ -302,7 +305,7 @@ def score_pairs(
             e = min(s + per_forward, start + n)
             txt = codes[s:e] % n_unique
             rows = index.local_row[img].repeat(e - s)
-            out[s:e] = itm_match_score(task, store, rows, text_ids[txt], text_mask[txt], task.cfg.eval.itm_score)
+            out[s:e] = itm_match_score(task, store, rows, text_ids[txt], text_mask[txt], settings.itm_score)
         start += n
     return out
 
@@ -332,62 +335,33 @@ def _write_outputs(out_dir: Path, index: GlobalIndex, s_i2t: np.ndarray, s_t2i: 
                 f.write(json.dumps({"query": q, what: row_i, "scores": [round(v, 6) for v in row_v]}) + "\n")
 
 
-def evaluate_retrieval(
-    task: RetrievalTask,
-    loader: EvalLoader,
-    rank: int,
-    world_size: int,
-    out_dir: str | Path,
-    merge: bool = True,
-) -> dict[str, float]:
-    """Retrieval metrics of `task` on the loader's split (a collective: every rank calls it with its loader).
+@dataclass
+class Candidates:
+    """Step 5's input, the same on every rank: the top-k candidates of every query in both directions, the ITC
+    similarities [N, M], and every rank's scored pair codes with their ITM scores."""
 
-    Returns txt_r1/5/10, txt_r_mean, img_r1/5/10, img_r_mean, r_mean (BLIP's definitions, percent), itc_r_mean
-    (the same before ITM re-ranking), n_images, n_texts and n_itm_pairs (pairs the ITM head scored), equal on
-    every rank. Rank 0 writes into `out_dir`:
-    `retrieval_index.json` (global image and text numbering), `i2t_topk.jsonl` and `t2i_topk.jsonl` (per query
-    its top-k_test candidates, best first, with final scores).
-    """
-    e = task.cfg.eval
-    split = str(loader.manifest.folder)
-    if rank == 0:
-        width = task.model.config.vision_config.hidden_size
-        estimate = token_store_estimate(loader.num_items, _tokens_per_image(task), width)
-        print(f"[unitrans_ds] {estimate} (rank 0 of {world_size}; each rank holds its own images)", flush=True)
-    with inference_mode(task, merge):
-        local = encode_local_images(task, loader, rank)
-        index = build_global_index(all_gather_objects((local.ids, local.image_ids, local.captions), world_size), split)
-        device = local.feat.device
-        image_feat = all_gather_rows(local.feat, world_size)[index.image_perm.to(device)]
-        chunk = TEXTS_PER_IMAGE_BATCH * e.batch_size
-        text_feat, text_ids, text_mask = encode_texts(task, index.unique_texts, rank, world_size, chunk)
+    topk_i2t: torch.Tensor
+    topk_t2i: torch.Tensor
+    sims: torch.Tensor
+    codes: torch.Tensor
+    itm: torch.Tensor
 
-        # Distinct texts -> every text: duplicates are exact ties. [N, M] in fp32.
-        sims = (image_feat @ text_feat.t()).float().cpu()[:, index.canon]
-        n_img, n_txt = sims.shape
-        topk_i2t = sims.topk(min(e.k_test, n_txt), dim=1).indices
-        topk_t2i = sims.t().topk(min(e.k_test, n_img), dim=1).indices
-        codes = candidate_pairs(topk_i2t, topk_t2i, index.owner == rank, index.canon)
-        itm = score_pairs(task, local.store, index, codes, text_ids.cpu(), text_mask.cpu(), rank)
 
-    all_codes = all_gather_rows(codes.to(device), world_size).cpu()
-    all_itm = all_gather_rows(itm.to(device), world_size).cpu()
+def score_and_write(c: Candidates, index: GlobalIndex, beta: float, k: int, out_dir: Path) -> dict[str, float]:
+    """Step 5, on rank 0: the final matrices (ITM + beta * ITC on the candidates), the metrics, the rankings."""
     n_unique = len(index.unique_texts)
+    order = torch.argsort(c.codes)
+    codes_sorted, itm_sorted = c.codes[order], c.itm[order]
 
-    def finish() -> dict[str, float]:
-        order = torch.argsort(all_codes)
-        codes_sorted, itm_sorted = all_codes[order], all_itm[order]
+    def itm_of(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        return itm_sorted[torch.searchsorted(codes_sorted, img * n_unique + index.canon[txt])]
 
-        def itm_of(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-            return itm_sorted[torch.searchsorted(codes_sorted, img * n_unique + index.canon[txt])]
-
-        s_i2t = _final_scores(topk_i2t, sims, itm_of, e.itm_beta, (n_img, n_txt))
-        s_t2i = _final_scores(topk_t2i, sims.t(), lambda t, i: itm_of(i, t), e.itm_beta, (n_txt, n_img))
-        metrics = retrieval_metrics(s_i2t, s_t2i, index.img2txt, index.txt2img)
-        itc_only = retrieval_metrics(sims.numpy(), sims.t().numpy(), index.img2txt, index.txt2img)
-        metrics.update(itc_r_mean=itc_only["r_mean"], n_images=float(n_img), n_texts=float(n_txt))
-        metrics["n_itm_pairs"] = float(len(all_codes))
-        _write_outputs(Path(out_dir), index, s_i2t, s_t2i, e.k_test)
-        return metrics
-
-    return on_rank0(finish, rank, world_size)
+    n_img, n_txt = c.sims.shape
+    s_i2t = _final_scores(c.topk_i2t, c.sims, itm_of, beta, (n_img, n_txt))
+    s_t2i = _final_scores(c.topk_t2i, c.sims.t(), lambda t, i: itm_of(i, t), beta, (n_txt, n_img))
+    metrics = retrieval_metrics(s_i2t, s_t2i, index.img2txt, index.txt2img)
+    itc_only = retrieval_metrics(c.sims.numpy(), c.sims.t().numpy(), index.img2txt, index.txt2img)
+    metrics.update(itc_r_mean=itc_only["r_mean"], n_images=float(n_img), n_texts=float(n_txt))
+    metrics["n_itm_pairs"] = float(len(c.codes))
+    _write_outputs(out_dir, index, s_i2t, s_t2i, k)
+    return metrics

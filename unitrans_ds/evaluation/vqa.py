@@ -1,11 +1,11 @@
 """VQA evaluation (image VQA and video QA): rank or generate inference, official accuracy on rank 0 (SPEC 5).
 
-Called by `evaluation.runner.evaluate` on every rank. Each rank answers the questions its eval loader yields:
+`VQATask.evaluate` runs these steps on every rank. Each rank answers the questions its eval loader yields:
 `rank` inference (`VQATask.rank_answers`: the `eval.vqa_k_test` answers of the answer list with the highest
 first-token probability, re-scored by full likelihood) or `generate` (`eval.vqa_inference`). Results are gathered
 and rank 0 writes `vqa_results.json` (`[{"question_id", "answer"}]`, the official server's format) and scores:
 image VQA with the official accuracy (`vqa_accuracy`, overall and per answer type; the evaluator release
-`eval.vqa_evaluator`, printed when it runs), video QA (`cfg.video`,
+`eval.vqa_evaluator`, printed when it runs), video QA (`video: true`,
 MSRVTT-QA) with exact match (`exact_match_accuracy`) against each question's most frequent answer.
 
 The answer list for `rank` inference comes from `data.answer_list` (a JSON list of strings) or, when that is
@@ -21,18 +21,18 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data.loaders import EvalLoader
 from ..data.manifest import read_manifest
 from ..data.remote import open_tar
 from ..data.text import normalize_answer_text
 from ..metrics.vqa import exact_match_accuracy, vqa_accuracy, write_vqa_results
-from ..tasks.vqa import VQATask
 from ..tracking.progress import progress
 from .captioning import NoGroundTruthError
-from .distributed import all_gather_objects, on_rank0
-from .inference import inference_mode
+
+if TYPE_CHECKING:  # the task class runs these steps (its `evaluate`); no import at run time
+    from ..tasks.vqa import VQATask
 
 logger = logging.getLogger(__name__)
 
@@ -87,34 +87,29 @@ def load_answer_list(path: str | Path) -> list[str]:
     return data
 
 
-def resolve_answer_list(task: VQATask, rank: int, world_size: int) -> list[str]:
-    """`data.answer_list`, or the training split's most frequent answers; read on rank 0, shared with all."""
-    d = task.cfg.data
-
-    def build() -> list[str]:
-        if d.answer_list:
-            return load_answer_list(d.answer_list)
-        try:
-            return answer_list_from_split(d.train_shards)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(
-                f"VQA rank inference needs an answer list: data.answer_list is null and the training split "
-                f"data.train_shards={d.train_shards} cannot be read ({e}). Set data.answer_list to a JSON list of "
-                "answers, point data.train_shards at the training shards, or use eval.vqa_inference=generate."
-            ) from e
-
-    return on_rank0(build, rank, world_size)
+def resolve_answer_list(answer_list: str | None, train_shards: str) -> list[str]:
+    """`data.answer_list`, or the training split's most frequent answers (the task reads it on rank 0 only)."""
+    if answer_list:
+        return load_answer_list(answer_list)
+    try:
+        return answer_list_from_split(train_shards)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"VQA rank inference needs an answer list: data.answer_list is null and the training split "
+            f"data.train_shards={train_shards} cannot be read ({e}). Set data.answer_list to a JSON list of "
+            "answers, point data.train_shards at the training shards, or use eval.vqa_inference=generate."
+        ) from e
 
 
 def answer_questions(
     task: VQATask, loader: EvalLoader, rank: int, answer_list: list[str] | None
 ) -> list[dict[str, Any]]:
     """This rank's `[{"question_id", "answer", "answers", "answer_type"}]`. Needs `inference_mode` around it."""
-    e = task.cfg.eval
+    s = task.settings
     out = []
-    for batch in progress(loader, total=len(loader), desc=f"vqa: {e.vqa_inference}", enabled=rank == 0, leave=False):
+    for batch in progress(loader, total=len(loader), desc=f"vqa: {s.inference}", enabled=rank == 0, leave=False):
         if answer_list is not None:
-            preds = task.rank_answers(batch["pixel_values"], batch["question"], answer_list, e.vqa_k_test)
+            preds = task.rank_answers(batch["pixel_values"], batch["question"], answer_list, s.k_test)
         else:
             preds = task.generate_answers(batch["pixel_values"], batch["question"])
         for qid, pred, answers, atype in zip(batch["question_id"], preds, batch["answers"], batch["answer_type"]):
@@ -169,40 +164,11 @@ def score_and_write(
     return {k: float(v) for k, v in metrics.items()}
 
 
-def evaluate_vqa(
-    task: VQATask,
-    loader: EvalLoader,
-    rank: int,
-    world_size: int,
-    out_dir: str | Path,
-    merge: bool = True,
-) -> dict[str, float]:
-    """VQA accuracy of `task` on the loader's split (a collective: every rank calls it with its loader).
-
-    Returns `accuracy` (percent; also under `overall`, the official evaluator's key, which configs and the trainer
-    may name as best metric) and, for image VQA, `acc_<answer type>` (e.g. acc_yes_no, acc_number, acc_other),
-    plus n_questions; equal on every rank. Rank 0 writes `vqa_results.json`, `vqa_per_question.json` and, for
-    rank inference, `answer_list.json` into `out_dir`. Raises `NoGroundTruthError` (after writing the results)
-    when no question of the split has answers.
-    """
-    e = task.cfg.eval
-    if e.vqa_inference not in INFERENCE:
-        raise ValueError(f"eval.vqa_inference must be one of {INFERENCE}, got {e.vqa_inference!r}")
-    answer_list = resolve_answer_list(task, rank, world_size) if e.vqa_inference == "rank" else None
-    if answer_list is not None and rank == 0:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / ANSWER_LIST_FILE).write_text(json.dumps(answer_list))
-    with inference_mode(task, merge):
-        local = answer_questions(task, loader, rank, answer_list)
-    records = [r for part in all_gather_objects(local, world_size) for r in part]
+def merge_ranks(per_rank: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Every rank's answers in one list sorted by question id; a question answered twice is an error."""
+    records = [r for part in per_rank for r in part]
     ids = [r["question_id"] for r in records]
     if len(set(ids)) != len(ids):
         dup = next(q for q, n in Counter(ids).items() if n > 1)
         raise ValueError(f"question_id {dup!r} was answered twice; question ids must be unique within a split")
-    records.sort(key=lambda r: str(r["question_id"]))
-    split = str(loader.manifest.folder)
-    return on_rank0(
-        lambda: score_and_write(records, Path(out_dir), split, task.cfg.video, task.cfg.eval.vqa_evaluator),
-        rank,
-        world_size,
-    )
+    return sorted(records, key=lambda r: str(r["question_id"]))

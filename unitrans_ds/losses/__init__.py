@@ -1,4 +1,5 @@
-"""Losses as modules told their rank and world size: ITC, MCAM (JS rank consistency) and ITM."""
+"""Losses as modules told what they use of the process group (world size; ITM also its rank): ITC, MCAM (JS rank
+consistency) and ITM."""
 
 from .gather import gather
 from .itc import ITCLoss

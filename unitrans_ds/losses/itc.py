@@ -21,16 +21,16 @@ def fp32_logits(rows: torch.Tensor, cols: torch.Tensor, temp: torch.Tensor | flo
 
 
 class ITCLoss(nn.Module):
-    """Told its rank and world size; gathers features from every rank with gradients for the local part.
+    """Told the world size; gathers features from every rank with gradients for the local part.
 
     Captions of the same image are positives: targets are the normalised `image_ids` equality matrix.
     The loss of a rank is the mean over its local rows; averaged over ranks it equals the loss of one rank that
     holds the whole batch. Logits and softmax are fp32 whatever the autocast dtype.
     """
 
-    def __init__(self, rank: int = 0, world_size: int = 1):
+    def __init__(self, world_size: int = 1):
         super().__init__()
-        self.rank, self.world_size = rank, world_size
+        self.world_size = world_size
 
     def forward(
         self, image_feat: torch.Tensor, text_feat: torch.Tensor, image_ids: torch.Tensor, temp: torch.Tensor

@@ -31,9 +31,9 @@ class MCAMLoss(nn.Module):
     local pairs. MCAM runs no collective of its own.
     """
 
-    def __init__(self, rank: int = 0, world_size: int = 1, tau: float | None = None):
+    def __init__(self, world_size: int = 1, tau: float | None = None):
         super().__init__()
-        self.rank, self.world_size, self.tau = rank, world_size, tau
+        self.world_size, self.tau = world_size, tau
 
     def forward(
         self,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "TASK_CLASSES": ".build",
     "Backbone": ".build",
     "bos_token_id": ".build",
     "build_from_original": ".build",
@@ -18,6 +17,7 @@ _EXPORTS = {
     "ensure_blip_tokens": ".build",
     "load_backbone": ".build",
     "resolve_tokenizer": ".build",
+    "task_model_class": ".build",
     "ModelLoadError": ".convert_blip",
     "architecture_signature": ".signature",
     "blip_config_from_state_dict": ".convert_blip",

@@ -15,15 +15,7 @@ from urllib.parse import urlparse
 
 import torch
 from safetensors import SafetensorError
-from transformers import (
-    AutoTokenizer,
-    BertTokenizer,
-    BlipForConditionalGeneration,
-    BlipForImageTextRetrieval,
-    BlipForQuestionAnswering,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoTokenizer, BertTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config.schema import ModelConfig
 from .convert_blip import (
@@ -45,11 +37,6 @@ from .tiny import demo_tokenizer, tiny_blip_config
 
 logger = logging.getLogger(__name__)
 
-TASK_CLASSES: dict[str, type[PreTrainedModel]] = {
-    "retrieval": BlipForImageTextRetrieval,
-    "captioning": BlipForConditionalGeneration,
-    "vqa": BlipForQuestionAnswering,
-}
 ORIGINAL_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 BLIP_BERT_VOCAB = 30524  # bert-base-uncased (30522) + [DEC] + [ENC]
 _TRUE = {"1", "on", "yes", "true"}
@@ -208,10 +195,11 @@ def resolve_tokenizer(model_cfg: ModelConfig, vocab_size: int, folder: Path | No
     return ensure_blip_tokens(tok, vocab_size)
 
 
-def _check_task(task: str) -> type[PreTrainedModel]:
-    if task not in TASK_CLASSES:
-        raise ValueError(f"task must be one of {', '.join(TASK_CLASSES)}, got {task!r}")
-    return TASK_CLASSES[task]
+def task_model_class(task: str) -> type[PreTrainedModel]:
+    """The HF BLIP class of `task`, as its task class declares it (`Task.hf_model`); unknown tasks are an error."""
+    from ..tasks.registry import task_class  # the task classes build on this module: asked at call time
+
+    return task_class(task).hf_model
 
 
 def _build_tiny(model_cfg: ModelConfig, task: str, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -219,7 +207,7 @@ def _build_tiny(model_cfg: ModelConfig, task: str, seed: int) -> tuple[PreTraine
     # HF initialises from the global RNG; fork it so the build is seeded without disturbing the caller's stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = TASK_CLASSES[task](config)
+        model = task_model_class(task)(config)
     return model, demo_tokenizer()
 
 
@@ -240,7 +228,7 @@ def _build_random(model_cfg: ModelConfig, task: str, seed: int) -> tuple[PreTrai
     config = architecture(name)
     with torch.random.fork_rng(devices=[]):  # seeded, without disturbing the caller's stream
         torch.manual_seed(seed)
-        model = TASK_CLASSES[task](config)
+        model = task_model_class(task)(config)
     return model, resolve_tokenizer(model_cfg, config.text_config.vocab_size)
 
 
@@ -248,7 +236,7 @@ def _build_pretrained(model_cfg: ModelConfig, task: str) -> tuple[PreTrainedMode
     source = model_cfg.init_from
     folder = Path(source).expanduser()
     kwargs = {} if folder.is_dir() else _hub_kwargs(source, "model")
-    cls = TASK_CLASSES[task]
+    cls = task_model_class(task)
     try:
         model, info = cls.from_pretrained(
             str(folder) if folder.is_dir() else source, output_loading_info=True, dtype=torch.float32, **kwargs
@@ -293,7 +281,7 @@ def build_from_original(
     ones); keys the class has no slot for are dropped and counted in an info log. With `require_tokenizer=False`
     a BLIP-vocabulary checkpoint whose tokenizer cannot be loaded (offline) still converts, with BLIP's ids.
     """
-    cls = _check_task(task)
+    cls = task_model_class(task)
     conv = convert_with_report(load_original_checkpoint(path), task, progress=progress)
     sd = conv.state_dict
     # Sizes come from every BLIP part present, so a checkpoint lacking this task's part still reaches the clear
@@ -347,7 +335,7 @@ def load_backbone(model_cfg: ModelConfig, task: str, seed: int = 0) -> Backbone:
     `seed` only matters for `tiny` (random init; the same seed gives bit-identical weights). The model is returned
     in eval mode, in fp32, with nothing frozen yet. Raises `ModelLoadError` with what was tried and what to do.
     """
-    _check_task(task)
+    task_model_class(task)  # an unknown task fails before anything loads
     source = model_cfg.init_from
     path = Path(source).expanduser()
     new: list[str] = []

@@ -2,26 +2,70 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from transformers import BlipForImageTextRetrieval
 
 from ..adapters.state import get_state
+from ..config.schema import Config
+from ..data.loaders import EvalLoader
+from ..evaluation import retrieval as ev
+from ..evaluation.distributed import all_gather_objects, all_gather_rows, on_rank0
+from ..evaluation.inference import inference_mode
 from ..losses import ITCLoss, ITMLoss, MCAMLoss, gather
-from .base import Task
+from .base import Dist, Task, TaskSettings
+
+
+@dataclass(frozen=True)
+class RetrievalSettings(TaskSettings):
+    mcam: bool  # the method adds MCAM (method.uses_mcam)
+    mcam_weight: float
+    mcam_tau: float | None
+    k_test: int
+    itm_beta: float
+    itm_score: str
+    feature_chunk: int
 
 
 class RetrievalTask(Task):
     name = "retrieval"
+    hf_model = BlipForImageTextRetrieval
+    fusion_stacks = ("text_encoder.encoder.layer",)
+    uses_temperature = True
+    default_best_metric = "r_mean"
+    metrics = (
+        *("r_mean", "txt_r_mean", "img_r_mean", "itc_r_mean"),
+        *("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10"),
+    )
     task_loss_parts = ("loss_itc", "loss_itm")
     max_text_tokens = 35
+    fusion_passes = 3  # ITM: one positive and two negatives per sample
+    own_config_keys = ("method.mcam_", "eval.k_test", "eval.itm_beta")
+    settings: RetrievalSettings
 
-    def __init__(self, model, tokenizer, cfg, rank: int = 0, world_size: int = 1):
-        super().__init__(model, tokenizer, cfg, rank, world_size)
-        m = cfg.method
-        self.itc = ITCLoss(rank, world_size)
-        self.itm = ITMLoss(rank, world_size)
-        self.mcam = MCAMLoss(rank, world_size, tau=m.mcam_tau) if m.uses_mcam else None
-        self.mcam_weight = m.mcam_weight
+    @classmethod
+    def settings_from(cls, cfg: Config) -> RetrievalSettings:
+        m, e = cfg.method, cfg.eval
+        return RetrievalSettings(
+            **TaskSettings.common(cfg),
+            mcam=m.uses_mcam,
+            mcam_weight=m.mcam_weight,
+            mcam_tau=m.mcam_tau,
+            k_test=e.k_test,
+            itm_beta=e.itm_beta,
+            itm_score=e.itm_score,
+            feature_chunk=e.feature_chunk,
+        )
+
+    def __init__(self, model, tokenizer, settings: RetrievalSettings, dist: Dist):
+        super().__init__(model, tokenizer, settings, dist)
+        self.itc = ITCLoss(dist.world_size)
+        self.itm = ITMLoss(dist.rank, dist.world_size)
+        self.mcam = MCAMLoss(dist.world_size, tau=settings.mcam_tau) if settings.mcam else None
+        self.mcam_weight = settings.mcam_weight
 
     # ------------------------------------------------------------------ model-side helpers (also for evaluation)
     def image_embed(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,9 +110,10 @@ class RetrievalTask(Task):
         neg = self.itm.select_negatives(
             itc["sim_i2t"], itc["sim_t2i"], image_ids, itc["image_ids_all"], seed=self.step_seed(step)
         )
-        tokens_all = gather(image_tokens, self.world_size)
-        ids_all = gather(ids, self.world_size, with_grad=False)
-        mask_all = gather(mask, self.world_size, with_grad=False)
+        world = self.dist.world_size
+        tokens_all = gather(image_tokens, world)
+        ids_all = gather(ids, world, with_grad=False)
+        mask_all = gather(mask, world, with_grad=False)
         nt, ni = neg["neg_text_for_image"], neg["neg_image_for_text"]
         pos_logits = self.itm_logits(image_tokens, ids, mask)
         neg_logits = self.itm_logits(
@@ -82,3 +127,40 @@ class RetrievalTask(Task):
         losses["temperature"] = temp.detach()
         losses["itm_fallback_rows"] = neg["n_fallback"].float()
         return losses
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, loader: EvalLoader, dist: Dist, out_dir: str | Path, merge: bool = True) -> dict[str, float]:
+        """Retrieval metrics on the loader's split (a collective), by the steps of `evaluation/retrieval.py`.
+
+        Returns txt_r1/5/10, txt_r_mean, img_r1/5/10, img_r_mean, r_mean (BLIP's definitions, percent), itc_r_mean
+        (the same before ITM re-ranking), n_images, n_texts and n_itm_pairs (pairs the ITM head scored), equal on
+        every rank. Rank 0 writes into `out_dir`: `retrieval_index.json` (global image and text numbering),
+        `i2t_topk.jsonl` and `t2i_topk.jsonl` (per query its top-k_test candidates, best first, with final scores).
+        """
+        s, rank, world = self.settings, dist.rank, dist.world_size
+        split = str(loader.manifest.folder)
+        if rank == 0:
+            width = self.model.config.vision_config.hidden_size
+            estimate = ev.token_store_estimate(loader.num_items, ev.tokens_per_image(self), width)
+            print(f"[unitrans_ds] {estimate} (rank 0 of {world}; each rank holds its own images)", flush=True)
+        with inference_mode(self, merge):
+            local = ev.encode_local_images(self, loader, rank)
+            per_rank = all_gather_objects((local.ids, local.image_ids, local.captions), world)
+            index = ev.build_global_index(per_rank, split)
+            device = local.feat.device
+            image_feat = all_gather_rows(local.feat, world)[index.image_perm.to(device)]
+            chunk = ev.TEXTS_PER_IMAGE_BATCH * s.batch_size
+            text_feat, text_ids, text_mask = ev.encode_texts(self, index.unique_texts, rank, world, chunk)
+
+            # Distinct texts -> every text: duplicates are exact ties. [N, M] in fp32.
+            sims = (image_feat @ text_feat.t()).float().cpu()[:, index.canon]
+            n_img, n_txt = sims.shape
+            topk_i2t = sims.topk(min(s.k_test, n_txt), dim=1).indices
+            topk_t2i = sims.t().topk(min(s.k_test, n_img), dim=1).indices
+            codes = ev.candidate_pairs(topk_i2t, topk_t2i, index.owner == rank, index.canon)
+            itm = ev.score_pairs(self, local.store, index, codes, text_ids.cpu(), text_mask.cpu(), rank)
+
+        all_codes = all_gather_rows(codes.to(device), world).cpu()
+        all_itm = all_gather_rows(itm.to(device), world).cpu()
+        ranked = ev.Candidates(topk_i2t, topk_t2i, sims, all_codes, all_itm)
+        return on_rank0(lambda: ev.score_and_write(ranked, index, s.itm_beta, s.k_test, Path(out_dir)), rank, world)

@@ -8,11 +8,20 @@ Either way the per-answer loss is summed over its tokens and the weighted sum is
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from transformers import BlipForQuestionAnswering
 
-from .base import Task
+from ..config.schema import Config
+from ..data.loaders import EvalLoader
+from ..evaluation import vqa as ev
+from ..evaluation.distributed import all_gather_objects, on_rank0
+from ..evaluation.inference import inference_mode
+from .base import Dist, Task, TaskSettings
 
 #: `train.vqa_loss` -> label smoothing of the answer decoder's token loss.
 LABEL_SMOOTHING = {"blip": 0.1, "soft-score": 0.0}
@@ -33,11 +42,44 @@ def answer_weights(answers: list[str], scheme: str = "blip") -> tuple[list[str],
     raise ValueError(f"train.vqa_loss must be `blip` or `soft-score`, got {scheme!r}")
 
 
+@dataclass(frozen=True)
+class VQASettings(TaskSettings):
+    vqa_loss: str  # train.vqa_loss
+    num_beams: int  # `generate` inference
+    inference: str  # eval.vqa_inference: `rank` or `generate`
+    k_test: int  # eval.vqa_k_test
+    evaluator: str  # eval.vqa_evaluator
+    answer_list: str | None  # data.answer_list
+    train_shards: str  # data.train_shards: the answer list's fallback source
+
+
 class VQATask(Task):
     name = "vqa"
+    hf_model = BlipForQuestionAnswering
+    fusion_stacks = ("text_encoder.encoder.layer",)
+    item_unit = "questions"
+    eval_unit = "questions"
+    default_best_metric = "overall"
+    metrics = ("overall", "accuracy", "acc_yes_no", "acc_number", "acc_other")
     task_loss_parts = ("loss_vqa",)
     max_text_tokens = 35
     max_answer_tokens = 10
+    own_config_keys = ("eval.vqa_", "data.answer_list")
+    settings: VQASettings
+
+    @classmethod
+    def settings_from(cls, cfg: Config) -> VQASettings:
+        e = cfg.eval
+        return VQASettings(
+            **TaskSettings.common(cfg),
+            vqa_loss=cfg.train.vqa_loss,
+            num_beams=e.num_beams,
+            inference=e.vqa_inference,
+            k_test=e.vqa_k_test,
+            evaluator=e.vqa_evaluator,
+            answer_list=cfg.data.answer_list,
+            train_shards=cfg.data.train_shards,
+        )
 
     def encode_questions(self, pixel_values: torch.Tensor, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Image-grounded question states [B, Lq, D] (with QASN, when on) and their mask."""
@@ -74,18 +116,18 @@ class VQATask(Task):
         )
         return nll.view(len(answers), -1).sum(1)
 
-    def training_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:  # noqa: ARG002 (the interface's)
         states, smask = self.encode_questions(batch["pixel_values"], batch["question"])
         flat, weights, owner = [], [], []
         for i, answers in enumerate(batch["answers"]):
-            uniq, w = answer_weights(answers, self.cfg.train.vqa_loss)
+            uniq, w = answer_weights(answers, self.settings.vqa_loss)
             flat += uniq
             weights += w
             owner += [i] * len(uniq)
         if not flat:
             raise ValueError("a VQA training batch has no answers; check that the training shards carry answers")
         owner_t = torch.tensor(owner, device=self.device)
-        nll = self.answer_nll(states[owner_t], smask[owner_t], flat, LABEL_SMOOTHING[self.cfg.train.vqa_loss])
+        nll = self.answer_nll(states[owner_t], smask[owner_t], flat, LABEL_SMOOTHING[self.settings.vqa_loss])
         loss = (torch.tensor(weights, device=self.device) * nll).sum() / len(batch["answers"])
         return {"loss": loss, "loss_vqa": loss.detach()}
 
@@ -134,9 +176,33 @@ class VQATask(Task):
             pad_token_id=self.pad_id,
             encoder_hidden_states=states,
             encoder_attention_mask=smask,
-            num_beams=self.cfg.eval.num_beams,
+            num_beams=self.settings.num_beams,
             max_length=self.max_answer_tokens,
             min_length=1,
             do_sample=False,
         )
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def evaluate(self, loader: EvalLoader, dist: Dist, out_dir: str | Path, merge: bool = True) -> dict[str, float]:
+        """VQA accuracy on the loader's split (a collective; `evaluation/vqa.py` has the steps).
+
+        Returns `accuracy` (percent; also under `overall`, the official evaluator's key, which configs and the
+        trainer may name as best metric) and, for image VQA, `acc_<answer type>` (e.g. acc_yes_no, acc_number,
+        acc_other), plus n_questions; equal on every rank. Rank 0 writes `vqa_results.json`,
+        `vqa_per_question.json` and, for rank inference, `answer_list.json` into `out_dir`. Raises
+        `NoGroundTruthError` (after writing the results) when no question of the split has answers.
+        """
+        s, rank, world = self.settings, dist.rank, dist.world_size
+        if s.inference not in ev.INFERENCE:
+            raise ValueError(f"eval.vqa_inference must be one of {ev.INFERENCE}, got {s.inference!r}")
+        answer_list = None
+        if s.inference == "rank":
+            answer_list = on_rank0(lambda: ev.resolve_answer_list(s.answer_list, s.train_shards), rank, world)
+            if rank == 0:
+                Path(out_dir).mkdir(parents=True, exist_ok=True)
+                (Path(out_dir) / ev.ANSWER_LIST_FILE).write_text(json.dumps(answer_list))
+        with inference_mode(self, merge):
+            local = ev.answer_questions(self, loader, rank, answer_list)
+        records = ev.merge_ranks(all_gather_objects(local, world))
+        split = str(loader.manifest.folder)
+        return on_rank0(lambda: ev.score_and_write(records, Path(out_dir), split, s.video, s.evaluator), rank, world)

@@ -22,19 +22,20 @@ INFO_METRICS = re.compile(r"^(n_\w+|eval_seconds)$")
 
 def _applies(key: str, cfg: Config) -> bool:
     """False for settings the run ignores, which would only clutter the comparison of runs."""
+    from ..tasks.registry import TASKS  # the tasks say which keys only they read; asked at call time
+
     m = cfg.method
     rules = {
         "model.tiny.": cfg.model.init_from == "tiny",
         "method.lora_": m.name == "lora",
         "method.qasn_": m.uses_qasn,
-        "method.mcam_": m.uses_mcam and cfg.task == "retrieval",
-        "eval.vqa_": cfg.task == "vqa",
-        "eval.k_test": cfg.task == "retrieval",
-        "eval.itm_beta": cfg.task == "retrieval",
+        "method.mcam_": m.uses_mcam,
         "data.num_frames": cfg.video,
-        "data.answer_list": cfg.task == "vqa",
         "tracking.": False,  # where and how to log, not what was run
     }
+    for name, cls in TASKS.items():
+        for prefix in cls.own_config_keys:
+            rules[prefix] = rules.get(prefix, True) and name == cfg.task
     return all(ok for prefix, ok in rules.items() if key.startswith(prefix))
 
 
@@ -75,8 +76,9 @@ def manifest_digest(manifest_raw: dict) -> str:
     return hashlib.sha256(json.dumps(manifest_raw, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def shard_datasets(cfg: Config) -> list[dict[str, Any]]:
-    """The run's train/val/test shards as MLflow dataset inputs (name, manifest digest, source, counts)."""
+def shard_datasets(cfg: Config, manifests: dict | None = None) -> list[dict[str, Any]]:
+    """The run's train/val/test shards as MLflow dataset inputs (name, manifest digest, source, counts).
+    `manifests`: the splits' `Manifest`s the run read already (`data.manifest.read_splits`); others are read."""
     from ..data.manifest import read_manifest
 
     out = []
@@ -84,7 +86,7 @@ def shard_datasets(cfg: Config) -> list[dict[str, Any]]:
         folder = getattr(cfg.data, f"{context}_shards")
         if not folder:
             continue
-        manifest = read_manifest(folder)
+        manifest = (manifests or {}).get(context) or read_manifest(folder)
         out.append(
             {
                 "name": f"{cfg.data.dataset}/{context}",

@@ -1,9 +1,11 @@
-"""A back-of-the-envelope activation-memory estimate, printed before training starts.
+"""A back-of-the-envelope activation-memory estimate, for planning: the dry run (`dryrun/run.py`, `plan.py`)
+prints it next to what it measured, and `benchmarks/bench_video.py` next to a measured step.
 
 Video is where memory surprises people: eight frames at 224 px give 8 x 197 vision tokens, and every ITM pair
 (one positive and two negatives per sample) runs cross-attention over all of them in every fusion layer. The
 estimate counts the tensors autograd keeps per layer; it is an order of magnitude, not a promise (measured numbers
-are in benchmarks/README.md).
+are in benchmarks/README.md). The text length and the fusion passes per sample are the task class's
+(`max_text_tokens`, `fusion_passes`).
 """
 
 from __future__ import annotations
@@ -11,9 +13,7 @@ from __future__ import annotations
 from transformers import BlipConfig
 
 from ..config.schema import Config
-
-#: text tokens per task, as the task classes pad them
-_TEXT_TOKENS = {"retrieval": 35, "captioning": 40, "vqa": 35}
+from ..tasks.registry import task_class
 
 
 def estimate_activation_bytes(cfg: Config, blip: BlipConfig, dtype_bytes: int = 4) -> dict[str, int]:
@@ -26,10 +26,11 @@ def estimate_activation_bytes(cfg: Config, blip: BlipConfig, dtype_bytes: int = 
     # Per ViT layer and token: layer norms (2D), qkv (3D), context (D), projection (D), MLP in/out (2 x 4D) ~ 15D;
     # plus attention scores and probabilities (2 x heads x L) per token.
     vit = v.num_hidden_layers * n_img * patches * (15 * v.hidden_size + 2 * v.num_attention_heads * patches)
-    k = _TEXT_TOKENS[cfg.task]
+    task = task_class(cfg.task)
+    k = task.max_text_tokens
     kv_tokens = frames * patches
     # Fusion passes: ITM runs 3 pairs per sample (1 positive, 2 negatives); captioning / VQA run one.
-    pairs = 3 * b if cfg.task == "retrieval" else b
+    pairs = task.fusion_passes * b
     per_text_layer = (
         k * 15 * t.hidden_size  # self-attention block + FFN activations of the text tokens
         + 2 * t.num_attention_heads * k * k
@@ -37,12 +38,14 @@ def estimate_activation_bytes(cfg: Config, blip: BlipConfig, dtype_bytes: int = 
         + 2 * t.num_attention_heads * k * kv_tokens  # cross-attention scores and probabilities
     )
     fusion = t.num_hidden_layers * pairs * per_text_layer
-    unimodal = t.num_hidden_layers * b * (k * 15 * t.hidden_size) if cfg.task == "retrieval" else 0
+    # the unimodal text pass of ITC: a task with ITC (the loss its temperature belongs to) encodes texts alone too
+    unimodal = t.num_hidden_layers * b * (k * 15 * t.hidden_size) if task.uses_temperature else 0
     parts = {"vision": vit, "fusion": fusion, "text": unimodal}
     return {name: n * dtype_bytes for name, n in parts.items()}
 
 
 def describe(cfg: Config, blip: BlipConfig, dtype_bytes: int = 4) -> str:
+    """The estimate as one line (total and parts)."""
     parts = estimate_activation_bytes(cfg, blip, dtype_bytes)
     total = sum(parts.values())
     frames = f"{cfg.data.num_frames} frames x " if cfg.video else ""
