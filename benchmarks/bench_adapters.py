@@ -99,7 +99,7 @@ def _cfg(method: str, rank: int, image_size: int):
     return build_config({"method": {"name": method, "rank": rank}, "model": {"image_size": image_size}})
 
 
-def _require_grad_output(module, inputs, output):
+def _require_grad_output(_module, _inputs, output):  # a torch forward hook
     # Frozen embeddings produce tensors that need no grad; marking them makes autograd run the whole backward.
     return output.requires_grad_(True)
 

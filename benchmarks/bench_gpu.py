@@ -123,7 +123,7 @@ def _zero2(task, cfg):
     return step
 
 
-def build_steppers(base, way: str, args, batch: dict) -> dict:
+def build_steppers(base, way: str, args) -> dict:
     from unitrans_ds.adapters import prepare_model
     from unitrans_ds.models.tiny import demo_tokenizer
     from unitrans_ds.tasks import build_task
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     batch = retrieval_batch(args.batch, args.image_size)
     batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     for way in args.ways:
-        steppers = build_steppers(base, way, args, batch)
+        steppers = build_steppers(base, way, args)
         result[way] = figures = measure(steppers, args, batch)
         del steppers
         torch.cuda.empty_cache()

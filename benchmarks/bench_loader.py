@@ -215,7 +215,7 @@ def main() -> None:
                 collate_fn=None if naive else collate_uint8,
                 drop_last=True,
             )
-            rows.append((name, *measure(lambda p, dl=dl: iter(dl), args.passes, name)))
+            rows.append((name, *measure(lambda _p, dl=dl: iter(dl), args.passes, name)))
 
     print(
         f"\n{args.images} JPEGs 640x480 -> {args.size}px train transforms, batch {args.batch}, workers {args.workers}"

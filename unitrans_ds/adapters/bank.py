@@ -36,9 +36,5 @@ class SharedBank(nn.Module):
         B = torch.randn(d_out, rank, generator=g) / rank**0.5
         return A, B
 
-    def sliced(self, d_in: int, d_out: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A[:, :d_in] and B[:d_out, :] for a layer of those widths."""
-        return self.A[:, :d_in], self.B[:d_out, :]
-
     def extra_repr(self) -> str:
         return f"rank={self.rank}, d_in={self.d_in}, d_out={self.d_out}, seed={self.seed}, trainable={self.trainable}"

@@ -27,7 +27,6 @@ from ..models.processor import save_processor
 from ..models.signature import architecture_signature, config_hash
 from . import peft_export
 from .prepare import has_side_network, merge_adapters, prepare_model, trainable_state_dict, unmerge_adapters
-from .qasn import QASNLayer
 from .state import ATTR
 from .targets import DEFAULT_PATTERNS, TargetError
 from .vcra_layer import VCRALinear
@@ -272,7 +271,7 @@ def save_merged_pretrained(model: nn.Module, out_dir: str | Path, tokenizer=None
     QASN is a side network with its own computation and cannot be folded into BLIP's weights: a model with QASN is
     refused (export the adapter instead).
     """
-    if has_side_network(model) or any(isinstance(m, QASNLayer) for m in model.modules()):
+    if has_side_network(model):
         raise ValueError(
             "this model has a QASN side network, which cannot be folded into BLIP weights; "
             "use save_adapter() and load_adapter() instead"

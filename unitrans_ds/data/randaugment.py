@@ -42,7 +42,7 @@ def _signed(value: float, rng: random.Random) -> float:
 
 
 def _enhance(enhancer: type) -> Callable[[Image.Image, float, random.Random], Image.Image]:
-    def op(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
+    def op(img: Image.Image, level: float, _rng: random.Random) -> Image.Image:  # the signature of every op
         factor = level / MAX_LEVEL * 1.8 + 0.1
         if abs(factor - 1.0) < 1e-9:  # the identity, BLIP's default magnitude 5
             return img
@@ -103,9 +103,9 @@ def _rotate(img: Image.Image, level: float, rng: random.Random) -> Image.Image:
 
 
 OPS: dict[str, Callable[[Image.Image, float, random.Random], Image.Image]] = {
-    "Identity": lambda img, level, rng: img,
-    "AutoContrast": lambda img, level, rng: ImageOps.autocontrast(img),
-    "Equalize": lambda img, level, rng: ImageOps.equalize(img),
+    "Identity": lambda img, _level, _rng: img,
+    "AutoContrast": lambda img, _level, _rng: ImageOps.autocontrast(img),
+    "Equalize": lambda img, _level, _rng: ImageOps.equalize(img),
     "Brightness": _enhance(ImageEnhance.Brightness),
     "Sharpness": _enhance(ImageEnhance.Sharpness),
     "ShearX": _shear_x,

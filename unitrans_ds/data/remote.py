@@ -75,7 +75,7 @@ def read_bytes(url: str, timeout: float = 120.0) -> bytes:
         raise FileNotFoundError(f"cannot read {url} ({_one_line(err)})") from None
 
 
-def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw) -> IO[bytes]:
+def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw) -> IO[bytes]:  # noqa: ARG001 (gopen's)
     """WebDataset gopen handler for fsspec URLs (s3://): a readable stream of the object."""
     import fsspec
 

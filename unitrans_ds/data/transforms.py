@@ -178,7 +178,7 @@ class EvalTransform:
         self.image_size = image_size
         self.use_draft = use_draft
 
-    def __call__(self, data: bytes, rng: random.Random | None = None) -> np.ndarray:
+    def __call__(self, data: bytes, rng: random.Random | None = None) -> np.ndarray:  # noqa: ARG002 (TrainTransform's)
         img = open_image(data)
         box = (0, 0, img.width, img.height)
         return np.asarray(resize_region(img, box, (self.image_size, self.image_size), self.use_draft))

@@ -168,7 +168,7 @@ def run_config(
     return load_config(None, overrides)
 
 
-def _test_metrics(metrics: dict[str, float], split: str) -> dict[str, float]:
+def _test_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """The evaluated split's metrics without their prefix (the trainer logs the final split as `test/...`)."""
     return {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("test/")}
 
@@ -198,7 +198,7 @@ def run_frozen(cfg: Config, demo: DemoTask, seed: int, budget: Budget) -> RunRec
         metrics = evaluate(task, cfg, cfg.data.test_shards, rank, world, out_dir=run_dir / "eval" / budget.split)
         logged = split_metrics("test", metrics)
         tracker.log_metrics(logged, 0)
-        metrics = _test_metrics(logged, "test")
+        metrics = _test_metrics(logged)
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -216,7 +216,7 @@ def run_trained(cfg: Config, demo: DemoTask, method: str, seed: int, budget: Bud
     t0 = time.perf_counter()
     trainer = Trainer(cfg, ds_config)
     result = trainer.run()
-    metrics = _test_metrics(result.metrics, budget.split)
+    metrics = _test_metrics(result.metrics)
     if demo.metric not in metrics:
         raise RuntimeError(
             f"{demo.name}/{method}: the evaluation returned no `{demo.metric}` (got {sorted(metrics)}); "

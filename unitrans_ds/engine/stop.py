@@ -65,7 +65,7 @@ class StopRequest:
             self._launcher, self._runner = parent, _ppid_of(parent)
         return self
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, _signum, _frame) -> None:  # the signal module's handler signature
         log.warning("SIGTERM received: all ranks will save a checkpoint and stop at the next step boundary")
         self.requested, self.reason = True, "SIGTERM"
 

@@ -63,7 +63,7 @@ class Tracker(ABC):
 class NullTracker(Tracker):
     """For ranks other than 0: accepts every call and does nothing, so call sites need no rank checks."""
 
-    def start(self, run_name, tags, params, resume_run_id=None):
+    def start(self, run_name, tags, params, resume_run_id=None):  # noqa: ARG002 (takes the interface's, ignores them)
         return None
 
     def log_params(self, params):
