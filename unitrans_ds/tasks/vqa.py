@@ -67,6 +67,10 @@ class VQATask(Task):
     own_config_keys = ("eval.vqa_", "data.answer_list")
     settings: VQASettings
 
+    def __init__(self, model, tokenizer, settings: VQASettings, dist: Dist):
+        super().__init__(model, tokenizer, settings, dist)
+        self.candidate_answers: list[str] | None = None  # rank inference's candidates, resolved at the first evaluation
+
     @classmethod
     def settings_from(cls, cfg: Config) -> VQASettings:
         e = cfg.eval
@@ -197,7 +201,11 @@ class VQATask(Task):
             raise ValueError(f"eval.vqa_inference must be one of {ev.INFERENCE}, got {s.inference!r}")
         answer_list = None
         if s.inference == "rank":
-            answer_list = on_rank0(lambda: ev.resolve_answer_list(s.answer_list, s.train_shards), rank, world)
+            if self.candidate_answers is None:  # read once per run: the training split's answers do not change
+                self.candidate_answers = on_rank0(
+                    lambda: ev.resolve_answer_list(s.answer_list, s.train_shards), rank, world
+                )
+            answer_list = self.candidate_answers
             if rank == 0:
                 Path(out_dir).mkdir(parents=True, exist_ok=True)
                 (Path(out_dir) / ev.ANSWER_LIST_FILE).write_text(json.dumps(answer_list))
