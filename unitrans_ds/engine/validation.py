@@ -72,7 +72,7 @@ class Validation:
         if shards is None:
             return {}
         out_dir = self.run_dir / "eval" / f"{split}_step{step:06d}"
-        with self.eval_model.task(tensors) as task:
+        with self.eval_model.evaluating(tensors) as task:
             metrics = evaluate(task, self.cfg, shards, self.dist.rank, self.dist.world_size, out_dir=out_dir)
         if out_dir.is_dir():
             self.tracker.log_artifact(out_dir, artifact_path=f"eval/{out_dir.name}")
