@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipForQuestionAnswering
+from transformers import BlipForImageTextRetrieval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402  (the script's folder is put on the path first)
@@ -51,14 +51,9 @@ from unitrans_ds.adapters.export import WEIGHTS_NAME  # noqa: E402
 from unitrans_ds.cli import ArgumentParser  # noqa: E402
 from unitrans_ds.config import build_config  # noqa: E402
 from unitrans_ds.models.tiny import demo_tokenizer  # noqa: E402
-from unitrans_ds.tasks import build_task  # noqa: E402
+from unitrans_ds.tasks import TASKS, build_task  # noqa: E402
 
 UNIADAPTER_PARAMS = 19_500_000  # UniAdapter (Lu et al., ICLR 2024), BLIP-base, r = 512, as published
-TASK_CLASSES = {
-    "retrieval": BlipForImageTextRetrieval,
-    "captioning": BlipForConditionalGeneration,
-    "vqa": BlipForQuestionAnswering,
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -117,10 +112,10 @@ def _randomise_adapters(model: torch.nn.Module, seed: int) -> None:
 def parameter_counts(rank: int) -> list[dict]:
     """Trainable parameters per task and method, counted on models built on the meta device (no memory)."""
     rows = []
-    for task, cls in TASK_CLASSES.items():
+    for task, cls in TASKS.items():
         for method in ("unitrans", "vcra", "lora"):
             with torch.device("meta"):
-                model = cls(blip_base_config(384))
+                model = cls.hf_model(blip_base_config(384))
             report = prepare_model(model, _cfg(method, rank, 384).method)
             rows.append({"task": task, "method": method, "trainable": report.trainable, "total": report.total})
     return rows
