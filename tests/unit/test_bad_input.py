@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.inprocess_train import train_in_process
 
 from unitrans_ds import make_shards
 from unitrans_ds.config import ConfigError, build_config
@@ -107,3 +108,21 @@ def test_two_ranks_print_one_line_from_rank_zero_and_exit_2(tmp_path):
         "set train.precision to auto or fp32"
     ]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["trian.epochs=2"], "unknown key `trian`"),
+        (["optim.lr=fast"], "`optim.lr` must be a number"),
+        (["train.micro_batch_size=3", "train.global_batch_size=8"], "global_batch_size"),
+        (["data.train_shards=/nonexistent/shards"], "/nonexistent/shards holds no manifest.json"),
+    ],
+)
+def test_bad_configs_fail_with_one_clear_message(args, needle, tmp_path, capsys):
+    # The launcher's main() in this process: an exception it let through would fail the test here, as a traceback
+    # would in a shell. Its own process (exit status, the one line from rank 0) is the 2-rank test above.
+    assert train_in_process([*args, f"train.output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.startswith("error:") and err.count("\n") == 1, err
+    assert "Traceback" not in err
