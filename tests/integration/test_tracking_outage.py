@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from unitrans_ds.config.schema import TrackingConfig
-from unitrans_ds.tracking import METRICS_FILE, build_tracker
+from unitrans_ds.tracking import METRICS_FILE, build_tracker, sync
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -119,7 +119,7 @@ def test_server_killed_and_restarted_loses_nothing(tmp_path, server, monkeypatch
     assert len(rows) == 31 and {r["run_id"] for r in rows} == {run_id}
 
 
-def test_long_outage_is_completed_by_the_sync_command(tmp_path, server, monkeypatch):
+def test_long_outage_is_completed_by_the_sync_command(tmp_path, server, monkeypatch, capsys):
     """The server is gone past the end of training: the run stays incomplete until `tracking.sync` runs."""
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
@@ -138,14 +138,12 @@ def test_long_outage_is_completed_by_the_sync_command(tmp_path, server, monkeypa
     server.start()
     assert _client(server.uri).get_run(run_id).info.status == "RUNNING"
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for _ in range(2):  # a second sync sends nothing twice
-        proc = subprocess.run(
-            [sys.executable, "-m", "unitrans_ds.tracking.sync", str(run_dir)],
-            env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
-        assert f"MLflow run {run_id}: up to date" in proc.stdout and "status FAILED" in proc.stdout
+    capsys.readouterr()
+    for _ in range(2):  # a second sync sends nothing twice (the command's main() in this process)
+        code = sync.main([str(run_dir)])
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        assert f"MLflow run {run_id}: up to date" in out.out and "status FAILED" in out.out
     client = _client(server.uri)
     assert client.get_run(run_id).info.status == "FAILED"
     assert _steps(client, run_id, "loss") == [1, 2, 3, 4, 5]
@@ -165,7 +163,7 @@ os.kill(os.getpid(), 9)
 """
 
 
-def test_sync_backfills_a_killed_run_that_never_reached_mlflow(tmp_path):
+def test_sync_backfills_a_killed_run_that_never_reached_mlflow(tmp_path, monkeypatch, capsys):
     """The process died (kill -9) while MLflow was unreachable: sync creates the run once and closes it KILLED."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -173,10 +171,15 @@ def test_sync_backfills_a_killed_run_that_never_reached_mlflow(tmp_path):
     proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(run_dir), dead], env=env, timeout=300)
     assert proc.returncode == -9
     store = f"sqlite:///{tmp_path / 'later.db'}"
-    cmd = [sys.executable, "-m", "unitrans_ds.tracking.sync", str(run_dir), "--tracking-uri", store]
-    outs = [subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path) for _ in range(2)]
-    assert [o.returncode for o in outs] == [0, 0], outs[0].stderr
-    assert all("status KILLED" in o.stdout for o in outs)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    # the sync command's main() in this process, twice; its own process runs in the test below
+    codes, outs = [], []
+    for _ in range(2):
+        codes.append(sync.main([str(run_dir), "--tracking-uri", store]))
+        outs.append(capsys.readouterr())
+    assert codes == [0, 0], outs[0].err
+    assert all("status KILLED" in o.out for o in outs)
     client = _client(store)
     (run,) = client.search_runs([client.get_experiment_by_name("never-reached").experiment_id])
     assert run.info.status == "KILLED" and run.info.run_name == "killed-run"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.inprocess_train import train_in_process
+from helpers.launchers import train_in_process
 from safetensors.torch import load_file
 
 from unitrans_ds import make_shards
@@ -195,13 +195,16 @@ def _no_gap_args(shards: Path, steps: int) -> list[str]:
 
 @pytest.mark.slow
 def test_kill9_then_resume_equals_uninterrupted_run_and_logs_each_step_once(shards, tmp_path):
-    steps = 10
+    # The uninterrupted run and the resume run in this process (the launcher's main); the run that is killed is a
+    # process of its own. All three use this process's thread count, so that their sums are bitwise comparable.
+    steps = 40  # enough that the kill at step 4 lands well before the end even when steps are fast
     base = [*_no_gap_args(shards, steps), "train.save_every=3"]
     straight = tmp_path / "straight"
-    ok(launch([*base, f"train.output_dir={straight}"], ranks=1))
+    assert train_in_process([*base, f"train.output_dir={straight}"]) == 0
 
     broken = tmp_path / "broken"
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "launchers/train.py", "--ds_config", "ds_configs/zero2.json", *base, f"train.output_dir={broken}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -212,7 +215,7 @@ def test_kill9_then_resume_equals_uninterrupted_run_and_logs_each_step_once(shar
     logged_before = {json.loads(x)["step"] for x in (broken / "metrics.jsonl").read_text().splitlines()}
     assert max(logged_before) > 3 and max(logged_before) < steps
 
-    ok(launch([*base, f"train.output_dir={broken}", "--resume"], ranks=1))
+    assert train_in_process([*base, f"train.output_dir={broken}", "--resume"]) == 0
     _assert_same_adapters(straight, broken)
     rows = [json.loads(x) for x in (broken / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, steps + 1))  # each step once
@@ -311,21 +314,22 @@ def test_unreachable_tracking_server_keeps_metrics(shards, tmp_path, monkeypatch
     assert "metrics.jsonl" in caplog.text + captured.err + captured.out  # the warning says where the metrics went
 
 
-@pytest.mark.slow
-def test_lost_data_is_summarized_per_shard_and_stops_the_run_above_max_skip_fraction(shards, tmp_path):
+def test_lost_data_is_summarized_per_shard_and_stops_the_run_above_max_skip_fraction(shards, tmp_path, capsys):
+    # in this process: the launcher's main, the trainer and DeepSpeed on one gloo rank
     train = tmp_path / "train"
     shutil.copytree(shards / "train", train)
     (train / "shard-000002.tar").write_bytes(b"")  # 16 of the 64 samples (4 captions each) gone
     args = [*_no_gap_args(shards, 2), f"data.train_shards={train}", "data.max_skip_fraction=0.5"]
-    ok(launch([*args, f"train.output_dir={tmp_path / 'run'}"], ranks=1))
+    assert train_in_process([*args, f"train.output_dir={tmp_path / 'run'}"]) == 0
     loss = json.loads((tmp_path / "run" / "data_loss.json").read_text())
     assert loss["shards"] == {"shard-000002.tar": {"samples": 16, "pairs": 64, "shard_read": 16}}
     assert (loss["lost_samples"], loss["total_samples"], loss["lost_pairs"]) == (16, 64, 64)
     final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
     assert final["data/lost_samples"] == 16 and final["train/steps"] == 2
 
-    proc = launch([*args, "data.max_skip_fraction=0.1", f"train.output_dir={tmp_path / 'strict'}"], ranks=1)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    capsys.readouterr()
+    assert train_in_process([*args, "data.max_skip_fraction=0.1", f"train.output_dir={tmp_path / 'strict'}"]) == 2
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
     assert "data.max_skip_fraction=0.1: lost 16 of 64 training samples" in line and "shard-000002.tar" in line
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in err

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+import torch
+from helpers.launchers import load_launcher, train_in_process
 from test_train import common, launch, make_shapes, ok
 
+from unitrans_ds import make_shards
 from unitrans_ds.data.loaders import build_eval_loader
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,11 +29,10 @@ def test_real_clip_through_make_shards_and_loader_gives_8_frames_at_expected_tim
         )
     )
     out = tmp_path / "shards"
-    subprocess.run(
-        [sys.executable, "-m", "unitrans_ds.make_shards", "--format", "didemo", "--annotations", str(ann),
-         "--media-root", str(PANCAKE.parent), "--split", "test", "--frames", "16", "--out", str(out), "--no-progress"],
-        check=True, cwd=ROOT, capture_output=True,
-    )  # fmt: skip
+    assert make_shards.main(
+        ["--format", "didemo", "--annotations", str(ann), "--media-root", str(PANCAKE.parent), "--split", "test",
+         "--frames", "16", "--out", str(out), "--no-progress"]
+    ) == 0  # fmt: skip
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["frames"] == 16 and manifest["total_samples"] == 1
     loader = build_eval_loader(out, task="retrieval", image_size=32, batch_size=1, num_frames=8, video=True)
@@ -80,19 +83,32 @@ def test_two_rank_video_run_logs_metrics_and_exports(task, metric, clips, tmp_pa
 
 @pytest.mark.slow
 def test_video_evaluation_is_deterministic(clips, tmp_path):
+    # Training in this process (the launcher's main); the two evaluations in two processes, this one and a fresh
+    # one (another hash seed, another start), with the same thread count.
     out = tmp_path / "run"
     args = [*_video_args(clips, out, "retrieval"), "tracking.enabled=false", "data.test_shards=null"]
-    ok(launch(args, ranks=1))
+    assert train_in_process(args) == 0
     adapter = out / "adapter_final"
     results = []
     for i in range(2):
         res = tmp_path / f"eval{i}"
-        proc = subprocess.run(
-            [sys.executable, "launchers/eval.py", "--config", str(out / "config.yaml"), "--adapter", str(adapter),
-             "--split", "val", "--out", str(res)],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        ok(proc)
+        eval_args = [
+            "--config",
+            str(out / "config.yaml"),
+            "--adapter",
+            str(adapter),
+            "--split",
+            "val",
+            "--out",
+            str(res),
+        ]
+        if i == 0:
+            env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+            proc = subprocess.run([sys.executable, "launchers/eval.py", *eval_args], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=300)  # fmt: skip
+            ok(proc)
+        else:
+            assert load_launcher("eval").main(eval_args) == 0
         metrics = json.loads((res / "metrics.json").read_text())
         metrics.pop("eval_seconds")  # wall time, the one entry that may differ
         results.append(metrics)

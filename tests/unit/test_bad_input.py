@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.inprocess_train import train_in_process
+from helpers.launchers import train_in_process
 
 from unitrans_ds import make_shards
 from unitrans_ds.config import ConfigError, build_config

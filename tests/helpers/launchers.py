@@ -1,7 +1,8 @@
-"""`launchers/train.py`'s `main()` run inside the test process: the real launcher code, trainer and DeepSpeed (on a
-one-rank gloo group, as a plain `python launchers/train.py` run gets), without a fresh interpreter importing torch,
-transformers and DeepSpeed again (10 s and more on a loaded 2-core machine). Multi-rank runs, signals sent to
-processes and exit codes seen by a shell still need the real `deepspeed` launcher (tests/integration)."""
+"""The launchers' `main()` run inside the test process (`train_in_process` for launchers/train.py): the real
+launcher code, trainer and DeepSpeed (on a one-rank gloo group, as a plain `python launchers/train.py` run gets),
+without a fresh interpreter importing torch, transformers and DeepSpeed again (10 s and more on a loaded 2-core
+machine). Multi-rank runs, signals sent to processes and exit codes seen by a shell still need the real `deepspeed`
+launcher (tests/integration)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ _RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "
 
 
 @functools.cache
-def train_launcher() -> ModuleType:
-    """launchers/train.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("train_launcher", ROOT / "launchers" / "train.py")
+def load_launcher(name: str) -> ModuleType:
+    """launchers/<name>.py as a module (the launchers are scripts, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_launcher", ROOT / "launchers" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -37,7 +38,7 @@ def train_in_process(args: list[str], ds: str = "zero2") -> int:
     # without OMP_NUM_THREADS, init_distributed would set this process's thread count for the rest of the session
     os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     try:
-        return train_launcher().main(["--ds_config", str(ROOT / "ds_configs" / f"{ds}.json"), *args])
+        return load_launcher("train").main(["--ds_config", str(ROOT / "ds_configs" / f"{ds}.json"), *args])
     finally:
         forget_deepspeed_groups()  # main() destroyed its group; DeepSpeed must not hand it to a later engine
         for k, v in saved.items():
