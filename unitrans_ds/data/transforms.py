@@ -8,7 +8,7 @@ tensor the model takes, with BLIP's CLIP mean/std.
 Speed: JPEGs are decoded at a reduced size with PIL's `draft` (a DCT-domain downscale by 2, 4 or 8) only when
 the region to be resized keeps at least twice the output size in both directions, so the antialiased bicubic
 resize that follows still sees >= 2 source pixels per output pixel; the difference to a full decode is then a
-few grey levels (see tests/unit/test_transforms.py). Crop and resize are one `Image.resize(box=...)` call.
+few grey levels (see tests/test_transforms.py). Crop and resize are one `Image.resize(box=...)` call.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _resize_uint8(img: Image.Image, box: tuple[int, int, int, int], size: tuple[
 
     Why: PIL's resampler is scalar fixed-point code; torch's vectorised uint8 kernel implements the same filter
     (PIL's support and coefficient rounding) about 4x faster. Outputs differ from PIL's by 0.003 grey levels on
-    average, a few levels in about one pixel in 10^5 (tests/unit/test_transforms.py).
+    average, a few levels in about one pixel in 10^5 (tests/test_transforms.py).
     """
     left, top, right, bottom = box
     with warnings.catch_warnings():
