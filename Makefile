@@ -10,12 +10,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-.PHONY: setup test lint train train-2ranks format
+.PHONY: setup test test-fast lint train train-2ranks format
 setup: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -rs
+
+# A quick check while developing: every test but those marked slow (multi-process runs); CI runs `make test`.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -rs -m "not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

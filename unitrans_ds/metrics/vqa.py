@@ -16,7 +16,7 @@ Answers are compared after the official normalization (`vqa_normalize`). Two rel
 - `official-2021`: the 2021 GT-Vision-Lab update. The ground-truth answers are whitespace-cleaned; then, only
   when they are not all the same string, both they and the prediction are fully normalized.
 
-Where they disagree, on real VQA v2 records (tests/test_metrics_vqa.py): ten "orange" answers (train question
+Where they disagree, on real VQA v2 records (tests/unit/test_metrics_vqa.py): ten "orange" answers (train question
 458752002) and the prediction "Orange" score 100 with `lavis-2017` (the prediction is normalized to "orange") and
 0 with `official-2021` (the answers are identical, so nothing is normalized). Ground truths holding number words
 or articles ("two", "a dog") match a prediction "2" / "dog" only under `official-2021`, which also normalizes

@@ -1,0 +1,1 @@
+"""Helpers shared by tests/unit and tests/integration (importable because pytest puts tests/ on sys.path)."""

@@ -1,0 +1,335 @@
+"""End-to-end training through the real launcher: DeepSpeed with gloo ranks, real shards, a real MLflow store."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.launchers import train_in_process
+from safetensors.torch import load_file
+
+from unitrans_ds import make_shards
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def make_shapes(out: Path, split: str, n: int, shard_size: int, task_set: str = "image", seed: int = 0) -> Path:
+    """Shards written by the make_shards command's main(), in this process (its own process is tested in
+    tests/unit/test_make_shards.py)."""
+    folder = out / split
+    rc = make_shards.main(
+        ["--format", "shapes", "--domain", "b", "--split", split, "--num-samples", str(n), "--shard-size",
+         str(shard_size), "--task-set", task_set, "--seed", str(seed), "--out", str(folder), "--no-progress"]
+    )  # fmt: skip
+    assert rc == 0, f"make_shards failed for {folder}"
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shards")
+    make_shapes(root, "train", 64, 16)
+    make_shapes(root, "val", 12, 6, seed=1)
+    make_shapes(root, "test", 8, 4, seed=2)
+    return root
+
+
+def common(shards: Path, out: Path, steps: int = 3) -> list[str]:
+    return [
+        f"data.train_shards={shards / 'train'}",
+        f"data.val_shards={shards / 'val'}",
+        f"data.test_shards={shards / 'test'}",
+        f"train.output_dir={out}",
+        f"train.max_steps={steps}",
+        "train.micro_batch_size=4",
+        "train.global_batch_size=8",
+        "train.log_every=1",
+        "train.zero_shot_eval=false",
+        "model.init_from=tiny",
+        "model.image_size=32",
+        "method.rank=4",
+        "eval.k_test=4",
+        "eval.batch_size=8",
+        "eval.vqa_k_test=8",
+        "eval.max_length=8",
+        "eval.min_length=2",
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(args: list[str], ranks: int, env: dict | None = None, ds: str = "zero2", timeout: int = 420):
+    """Run launchers/train.py: with the deepspeed launcher for 2 ranks, as plain python for 1."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1", **(env or {})}
+    cmd = [sys.executable, "launchers/train.py", "--ds_config", f"ds_configs/{ds}.json", *args]
+    if ranks > 1:
+        port = str(29500 + os.getpid() % 1000)
+        cmd = [str(BIN / "deepspeed"), "--num_accelerators", str(ranks), "--master_port", port, *cmd[1:]]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def ok(proc) -> None:
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["retrieval", "captioning", "vqa"])
+def test_two_ranks_zero2_each_task_with_mlflow(task, shards, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from unitrans_ds.data.manifest import read_manifest
+    from unitrans_ds.engine.versions import git_commit
+    from unitrans_ds.tracking.run_info import manifest_digest
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "run"
+    # Retrieval validates at every step (best-adapter selection); the generative tasks, slower to evaluate, test only.
+    extra = ["train.eval_every=1"] if task == "retrieval" else ["data.val_shards=null", "eval.num_beams=2"]
+    args = [f"task={task}", "tracking.experiment=it", *common(shards, out), *extra]
+    proc = launch(args, ranks=2, env={"MLFLOW_TRACKING_URI": uri})
+    ok(proc)
+    final = json.loads((out / "final_metrics.json").read_text())
+    key = {"retrieval": "test/r_mean", "captioning": "test/cider", "vqa": "test/overall"}[task]
+    assert key in final, sorted(final)
+    assert (out / "adapter_final" / "adapter_model.safetensors").is_file()
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("it")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    p, m, tags = run.data.params, run.data.metrics, run.data.tags
+    assert p["method.name"] == "unitrans" and p["task"] == task and p["world_size"] == "2"
+    assert int(p["params.trainable"]) > 0 and int(p["params.total"]) > int(p["params.trainable"])
+    assert {"version.torch", "version.transformers", "version.deepspeed", "version.unitrans_ds"} <= set(p)
+    # one name per setting, YAML spellings, only settings that apply
+    assert p["ds.zero_optimization.stage"] == "2" and p["train.micro_batch_size"] == "4"
+    assert not {"method", "zero_stage", "ds.train_micro_batch_size_per_gpu", "git_commit"} & set(p)
+    assert p["train.max_steps"] == "3" and p["train.zero_shot_eval"] == "false" and p["train.resume"] == "null"
+    assert not [k for k in p if k.startswith("tracking.")]
+    assert ("method.mcam_weight" in p) == (task == "retrieval") and "method.lora_alpha" not in p
+    assert {"train/loss", "train/lr", "train/samples_per_s", "train/step_time_s", "train/peak_memory_mib"} <= set(m)
+    parts = {"retrieval": ["train/loss_itc", "train/loss_itm"], "captioning": ["train/loss_lm"]}.get(
+        task, ["train/loss_vqa"]
+    )
+    assert m["train/loss"] == pytest.approx(sum(m[k] for k in parts), rel=1e-5)
+    if task == "retrieval":  # MCAM is the method's own term: in the objective, not in the comparable loss
+        assert m["train/objective"] == pytest.approx(m["train/loss"] + m["train/loss_mcam"], rel=1e-5)
+    assert key in m and f"test_info/{'n_questions' if task == 'vqa' else 'n_images'}" in m
+    assert "test_info/eval_seconds" in m and not [k for k in m if k.startswith("test/n_")]
+    assert tags["task"] == task and tags["method"] == "unitrans" and tags["dataset"] == "shapes-b"
+    assert tags["mlflow.source.name"] == "launchers/train.py" and tags["mlflow.user"]
+    assert tags.get("mlflow.source.git.commit") == git_commit()
+    inputs = {(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs}
+    digests = {s: manifest_digest(read_manifest(shards / s).raw) for s in ("train", "test")}
+    assert {("shapes-b/train", digests["train"]), ("shapes-b/test", digests["test"])} <= inputs
+    # the log: a summary table, plain progress lines (no carriage returns), metrics.jsonl rows that name the run
+    assert f"[unitrans_ds] results (MLflow run {run.info.run_id}" in proc.stdout and "\r" not in proc.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["run_id"] == run.info.run_id and len(r) > 3 for r in rows)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "ds_config.json", "adapter_final"} <= artifacts
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [h.step for h in history] == [1, 2, 3]
+    if task == "retrieval":  # validated at steps 1 and 2 and at the end; the best adapter was kept
+        assert [h.step for h in client.get_metric_history(run.info.run_id, "val/r_mean")] == [1, 2, 3]
+        assert (out / "adapter_best" / "adapter_config.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["zero0", "zero1", "zero3"])
+def test_other_zero_stages(stage, shards, tmp_path):
+    out = tmp_path / "run"
+    args = [*common(shards, out, steps=2), "data.test_shards=null", "tracking.enabled=false"]
+    ok(launch(args, ranks=2, ds=stage))
+    tensors = load_file(str(out / "adapter_final" / "adapter_model.safetensors"))
+    assert tensors and all(t.numel() > 0 for t in tensors.values())  # ZeRO-3 gathered full tensors
+    assert "val/r_mean" in json.loads((out / "final_metrics.json").read_text())
+
+
+def _wait_for_step(metrics: Path, step: int, proc, timeout: float = 300) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before step {step}: {proc.stderr.read()[-3000:] if proc.stderr else ''}")
+        if metrics.is_file():
+            steps = [json.loads(line).get("step", 0) for line in metrics.read_text().splitlines() if line.strip()]
+            if steps and max(steps) >= step:
+                return
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for training progress")
+
+
+def _assert_same_adapters(a_dir: Path, b_dir: Path) -> None:
+    a = load_file(str(a_dir / "adapter_final" / "adapter_model.safetensors"))
+    b = load_file(str(b_dir / "adapter_final" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after resume")
+
+
+def _no_gap_args(shards: Path, steps: int) -> list[str]:
+    return [
+        *common(shards, shards / "unused", steps=steps),
+        "data.val_shards=null",
+        "data.test_shards=null",
+        "tracking.enabled=false",
+    ]
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_equals_uninterrupted_run_and_logs_each_step_once(shards, tmp_path):
+    # The uninterrupted run and the resume run in this process (the launcher's main); the run that is killed is a
+    # process of its own. All three use this process's thread count, so that their sums are bitwise comparable.
+    steps = 40  # enough that the kill at step 4 lands well before the end even when steps are fast
+    base = [*_no_gap_args(shards, steps), "train.save_every=3"]
+    straight = tmp_path / "straight"
+    assert train_in_process([*base, f"train.output_dir={straight}"]) == 0
+
+    broken = tmp_path / "broken"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "launchers/train.py", "--ds_config", "ds_configs/zero2.json", *base, f"train.output_dir={broken}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_for_step(broken / "metrics.jsonl", 4, proc)  # past the step-3 checkpoint
+    proc.kill()
+    proc.wait(timeout=60)
+    logged_before = {json.loads(x)["step"] for x in (broken / "metrics.jsonl").read_text().splitlines()}
+    assert max(logged_before) > 3 and max(logged_before) < steps
+
+    assert train_in_process([*base, f"train.output_dir={broken}", "--resume"]) == 0
+    _assert_same_adapters(straight, broken)
+    rows = [json.loads(x) for x in (broken / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, steps + 1))  # each step once
+    final = json.loads((broken / "final_metrics.json").read_text())
+    assert final["data/lost_samples"] == 0 and final["train/steps"] == steps  # not `{}` without val/test
+
+    # The checkpoint holds trainable state only: no frozen backbone tensor.
+    tag = (broken / "checkpoints" / "latest").read_text()
+    sd = torch.load(broken / "checkpoints" / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
+    a = load_file(str(straight / "adapter_final" / "adapter_model.safetensors"))
+    assert set(sd["module"]) == {"model." + k for k in a}
+    assert tag == f"step_{steps:06d}"
+
+
+STOP_STEPS = 24
+
+
+@pytest.fixture(scope="module")
+def straight_two_ranks(shards, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("straight2")
+    ok(launch([*_no_gap_args(shards, STOP_STEPS), f"train.output_dir={out}"], ranks=2))
+    return out
+
+
+def _tree(runner_pid: int, timeout: float = 120) -> tuple:
+    """(launcher, [rank 0, rank 1]) processes under a `deepspeed` runner, once both ranks run."""
+    import psutil
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        procs = psutil.Process(runner_pid).children(recursive=True)
+        launcher = [p for p in procs if "deepspeed.launcher.launch" in " ".join(p.cmdline())]
+        ranks = [p for p in procs if "launchers/train.py" in " ".join(p.cmdline()) and p not in launcher]
+        if launcher and len(ranks) == 2:
+            return launcher[0], sorted(ranks, key=lambda p: int(p.environ()["RANK"]))
+        time.sleep(0.2)
+    raise AssertionError("the deepspeed launcher and two ranks did not start")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["one_rank", "every_rank", "launcher", "runner"])
+def test_sigterm_stops_both_ranks_at_one_step_and_resume_is_exact(target, shards, straight_two_ranks, tmp_path):
+    import psutil
+
+    out = tmp_path / "run"
+    args = [*_no_gap_args(shards, STOP_STEPS), f"train.output_dir={out}"]
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    cmd = [str(BIN / "deepspeed"), "--num_accelerators", "2", "--master_port", str(_free_port()),
+           "launchers/train.py", "--ds_config", "ds_configs/zero2.json", *args]  # fmt: skip
+    log_file = tmp_path / "output.log"  # a file, not a pipe: nobody drains a pipe while the test waits
+    with log_file.open("w") as log:
+        runner = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        launcher, ranks = _tree(runner.pid)
+        _wait_for_step(out / "metrics.jsonl", 2, runner)
+        victims = {"one_rank": ranks[1:], "every_rank": ranks, "launcher": [launcher], "runner": []}[target]
+        t0 = time.time()
+        for p in victims:
+            p.send_signal(signal.SIGTERM)
+        if target == "runner":
+            runner.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs([launcher, *ranks], timeout=60)
+        assert not alive, f"still running 60 s after SIGTERM to the {target}: {alive}"
+        assert time.time() - t0 < 60
+        runner.wait(timeout=30)
+        output = log_file.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(runner.pid, signal.SIGKILL)  # whatever a failure left behind
+    # the deepspeed launcher passes on a rank's 143; it exits 1 when it was signalled itself; a killed runner -15
+    assert runner.returncode == {"one_rank": 143, "every_rank": 143, "launcher": 1, "runner": -15}[target], output[
+        -3000:
+    ]
+    assert "done:" not in output and "rerun the same command with --resume" in output, output[-3000:]
+    tags = sorted(p.name for p in (out / "checkpoints").iterdir() if (p / "COMPLETE").is_file())
+    assert len(tags) == 1 and (out / "checkpoints" / "latest").read_text() == tags[0]
+    assert 2 <= int(tags[0].removeprefix("step_")) < STOP_STEPS
+    assert {"rng_rank0.pt", "rng_rank1.pt"} <= {p.name for p in (out / "checkpoints" / tags[0]).iterdir()}
+    assert not (out / "adapter_final").exists()
+
+    ok(launch([*args, "--resume"], ranks=2))
+    _assert_same_adapters(straight_two_ranks, out)
+
+
+def test_unreachable_tracking_server_keeps_metrics(shards, tmp_path, monkeypatch, capsys, caplog):
+    # In this process (the launcher's main, the trainer, DeepSpeed on one gloo rank): the tracker's behaviour, not
+    # the process around it, is under test.
+    out = tmp_path / "run"
+    args = [*common(shards, out, steps=2), "data.val_shards=null", "data.test_shards=null"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    # a short finish_timeout_s: the run then ends without waiting 2 minutes for a server that never comes
+    assert train_in_process([*args, "tracking.finish_timeout_s=3"]) == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sorted({x["step"] for x in lines if "train/loss" in x}) == [1, 2]
+    captured = capsys.readouterr()
+    assert "metrics.jsonl" in caplog.text + captured.err + captured.out  # the warning says where the metrics went
+
+
+def test_lost_data_is_summarized_per_shard_and_stops_the_run_above_max_skip_fraction(shards, tmp_path, capsys):
+    # in this process: the launcher's main, the trainer and DeepSpeed on one gloo rank
+    train = tmp_path / "train"
+    shutil.copytree(shards / "train", train)
+    (train / "shard-000002.tar").write_bytes(b"")  # 16 of the 64 samples (4 captions each) gone
+    args = [*_no_gap_args(shards, 2), f"data.train_shards={train}", "data.max_skip_fraction=0.5"]
+    assert train_in_process([*args, f"train.output_dir={tmp_path / 'run'}"]) == 0
+    loss = json.loads((tmp_path / "run" / "data_loss.json").read_text())
+    assert loss["shards"] == {"shard-000002.tar": {"samples": 16, "pairs": 64, "shard_read": 16}}
+    assert (loss["lost_samples"], loss["total_samples"], loss["lost_pairs"]) == (16, 64, 64)
+    final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert final["data/lost_samples"] == 16 and final["train/steps"] == 2
+
+    capsys.readouterr()
+    assert train_in_process([*args, "data.max_skip_fraction=0.1", f"train.output_dir={tmp_path / 'strict'}"]) == 2
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert "data.max_skip_fraction=0.1: lost 16 of 64 training samples" in line and "shard-000002.tar" in line
+    assert "Traceback" not in err
