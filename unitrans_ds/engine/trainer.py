@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..adapters import prepare_model, save_adapter, trainable_state_dict, zero3_register_external
+from ..collectives import all_gather_objects, barrier, mean_over_ranks, sum_over_ranks
 from ..config import Config, ConfigError, save_config
 from ..data.loaders import check_shards, train_loader_from_config
 from ..data.manifest import read_manifest
@@ -31,7 +32,7 @@ from ..tracking.progress import progress, write
 from ..tracking.run_info import metric_key, run_params, shard_datasets, split_metrics, standard_tags
 from ..tracking.summary import summary_table
 from .checkpoint import TrainState, latest_tag, load_checkpoint, logged_after, save_checkpoint
-from .distributed import barrier, gather_objects, init_distributed, mean_over_ranks, sum_over_ranks
+from .distributed import init_distributed
 from .ds_config import bf16_supported, resolve_ds_config
 from .eval_model import EvalModel
 from .optim import build_optimizer, build_scheduler, clamp_temperature, temperature_param
@@ -274,7 +275,7 @@ class Trainer:
     def _data_loss(self) -> dict:
         """Collective: what the training data lost so far, over every rank, in samples and pairs per shard."""
         unit = "questions" if self.cfg.task == "vqa" else "captions"
-        ledger = merge_ledgers(gather_objects(self.skips.ledger))
+        ledger = merge_ledgers(all_gather_objects(self.skips.ledger))
         manifest = self.train_loader.manifest
         return loss_summary(ledger, manifest.total_samples, manifest.num_items(unit), unit)
 

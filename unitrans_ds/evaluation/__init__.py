@@ -4,8 +4,8 @@
 `launchers/eval.py`; the per-task evaluators can be called directly with an `EvalLoader`.
 """
 
+from ..collectives import RemoteError
 from .captioning import NoGroundTruthError, evaluate_captioning
-from .distributed import RemoteError, all_gather_objects, all_gather_rows, broadcast_from_rank0, on_rank0
 from .inference import inference_mode, mergeable_layers
 from .retrieval import TokenStore, evaluate_retrieval
 from .runner import EVALUATORS, eval_loader, evaluate
@@ -16,10 +16,7 @@ __all__ = [
     "NoGroundTruthError",
     "RemoteError",
     "TokenStore",
-    "all_gather_objects",
-    "all_gather_rows",
     "answer_list_from_split",
-    "broadcast_from_rank0",
     "eval_loader",
     "evaluate",
     "evaluate_captioning",
@@ -27,5 +24,4 @@ __all__ = [
     "evaluate_vqa",
     "inference_mode",
     "mergeable_layers",
-    "on_rank0",
 ]

@@ -16,11 +16,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..collectives import all_gather_objects, on_rank0
 from ..data.loaders import EvalLoader
 from ..metrics.captions import score_captions, write_coco_results
 from ..tasks.captioning import CaptioningTask
 from ..tracking.progress import progress
-from .distributed import all_gather_objects, on_rank0
 from .inference import inference_mode
 
 logger = logging.getLogger(__name__)

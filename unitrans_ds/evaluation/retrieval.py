@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..collectives import all_gather_objects, all_gather_rows, on_rank0
 from ..data.loaders import EvalLoader
 from ..metrics.retrieval import retrieval_metrics, topk_rankings
 from ..tasks.retrieval import RetrievalTask
 from ..tracking.progress import progress
-from .distributed import all_gather_objects, all_gather_rows, on_rank0
 from .inference import inference_mode
 
 logger = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..collectives import all_gather_objects, on_rank0
 from ..data.loaders import EvalLoader
 from ..data.manifest import read_manifest
 from ..data.remote import open_tar
@@ -31,7 +32,6 @@ from ..metrics.vqa import exact_match_accuracy, vqa_accuracy, write_vqa_results
 from ..tasks.vqa import VQATask
 from ..tracking.progress import progress
 from .captioning import NoGroundTruthError
-from .distributed import all_gather_objects, on_rank0
 from .inference import inference_mode
 
 logger = logging.getLogger(__name__)

@@ -1,8 +1,7 @@
 """Losses as modules told their rank and world size: ITC, MCAM (JS rank consistency) and ITM."""
 
-from .gather import gather
 from .itc import ITCLoss
 from .itm import ITMLoss
 from .mcam import MCAMLoss, js_divergence
 
-__all__ = ["ITCLoss", "ITMLoss", "MCAMLoss", "gather", "js_divergence"]
+__all__ = ["ITCLoss", "ITMLoss", "MCAMLoss", "js_divergence"]
