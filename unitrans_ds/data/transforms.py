@@ -8,7 +8,9 @@ tensor the model takes, with BLIP's CLIP mean/std.
 Speed: JPEGs are decoded at a reduced size with PIL's `draft` (a DCT-domain downscale by 2, 4 or 8) only when
 the region to be resized keeps at least twice the output size in both directions, so the antialiased bicubic
 resize that follows still sees >= 2 source pixels per output pixel; the difference to a full decode is then a
-few grey levels (see tests/test_transforms.py). Crop and resize are one `Image.resize(box=...)` call.
+few grey levels (see tests/test_transforms.py). Crop and resize are one call. After the decode, a training
+sample stays a uint8 array (flip and RandAugment's geometric ops by cv2, as BLIP does), since each PIL <-> array
+conversion is a full copy through PIL's packer.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import math
 import random
 import warnings
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -71,7 +74,7 @@ def open_image(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data))
 
 
-def _resize_uint8(img: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int]) -> Image.Image:
+def _resize_uint8(img: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
     """PIL's antialiased bicubic resize of an integer `box`, computed by torch's uint8 kernel (channels-last).
 
     Why: PIL's resampler is scalar fixed-point code; torch's vectorised uint8 kernel implements the same filter
@@ -86,13 +89,13 @@ def _resize_uint8(img: Image.Image, box: tuple[int, int, int, int], size: tuple[
     crop = pixels[top:bottom, left:right].permute(2, 0, 1).unsqueeze(0)
     crop = crop.contiguous(memory_format=torch.channels_last)
     out = torch.nn.functional.interpolate(crop, size=(size[1], size[0]), mode="bicubic", antialias=True)
-    return Image.fromarray(out[0].permute(1, 2, 0).numpy())
+    return out[0].permute(1, 2, 0).numpy()  # channels-last memory: [H, W, 3] contiguous, no copy
 
 
 def resize_region(
     img: Image.Image, box: Box, size: tuple[int, int], use_draft: bool = True, exact: bool = True
-) -> Image.Image:
-    """Bicubic-resize the `box` region of a lazily opened image to `size` (w, h), as an RGB image.
+) -> np.ndarray:
+    """Bicubic-resize the `box` region of a lazily opened image to `size` (w, h): uint8 RGB [h, w, 3].
 
     With `use_draft`, a JPEG is decoded at 1/2, 1/4 or 1/8 scale when the region keeps >= 2x `size` pixels.
     `exact=False` lets a whole-pixel box go through torch's faster uint8 kernel (see `_resize_uint8`).
@@ -115,7 +118,7 @@ def resize_region(
     whole = (left, top, right, bottom)
     if not exact and all(float(v).is_integer() for v in whole):
         return _resize_uint8(img, tuple(int(v) for v in whole), size)
-    return img.resize((out_w, out_h), Image.Resampling.BICUBIC, box=(left, top, right, bottom))
+    return np.asarray(img.resize((out_w, out_h), Image.Resampling.BICUBIC, box=(left, top, right, bottom)))
 
 
 class TrainTransform:
@@ -155,12 +158,12 @@ class TrainTransform:
     def __call__(self, data: bytes, rng: random.Random) -> np.ndarray:
         img = open_image(data)
         box = random_resized_crop_box(img.width, img.height, rng, scale=(self.min_scale, 1.0))
-        img = resize_region(img, box, (self.image_size, self.image_size), self.use_draft, self.exact)
+        arr = resize_region(img, box, (self.image_size, self.image_size), self.use_draft, self.exact)
         if self.hflip and rng.random() < 0.5:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            arr = cv2.flip(arr, 1)  # numpy's copy of a reversed view moves 3-byte pixels one byte at a time
         if self.augment is not None:
-            img = self.augment(img, rng)
-        return np.asarray(img)
+            arr = self.augment(arr, rng)
+        return np.ascontiguousarray(arr)
 
     def __repr__(self) -> str:
         return (
@@ -181,7 +184,7 @@ class EvalTransform:
     def __call__(self, data: bytes, rng: random.Random | None = None) -> np.ndarray:
         img = open_image(data)
         box = (0, 0, img.width, img.height)
-        return np.asarray(resize_region(img, box, (self.image_size, self.image_size), self.use_draft))
+        return resize_region(img, box, (self.image_size, self.image_size), self.use_draft)
 
     def __repr__(self) -> str:
         return f"EvalTransform(image_size={self.image_size}, use_draft={self.use_draft})"
