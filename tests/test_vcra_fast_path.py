@@ -140,6 +140,9 @@ class _CountMatmuls(TorchDispatchMode):
         # cross-attention: A·text for q, one A·image for k and v
         ("bert_cross", True, 2 + 2),
         ("bert_cross", False, 2 + 3),
+        # fused ViT qkv: one A·x; updates q and kv (the kv update once, added to both slices) or one stacked GEMM
+        ("vit_qkv", True, 1 + 2),
+        ("vit_qkv", False, 1 + 1),
     ],
 )
 def test_down_projection_once_per_input(block_name, share_kv, adapter_matmuls):
