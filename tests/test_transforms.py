@@ -225,3 +225,25 @@ def test_geometric_ops_move_pixels_as_pils_bilinear_transforms_do():
         got = OPS["Rotate"](np.asarray(img), 5.0, random.Random(seed))
         refs = [img.rotate(d, resample=Image.Resampling.BILINEAR, fillcolor=FILL) for d in (15.0, -15.0)]
         assert sum(_close_to_pil(got, r) for r in refs) == 1, seed
+
+
+def test_training_jpeg_decode_gives_pils_pixels_at_every_draft_scale():
+    from unitrans_ds.data.transforms import _decode_jpeg_rgb
+
+    data = COCO.read_bytes()
+    for scale in (1, 2, 4, 8):
+        img = Image.open(io.BytesIO(data))
+        if scale > 1:
+            img.draft("RGB", (img.width // scale, img.height // scale))
+        got = _decode_jpeg_rgb(data, scale)
+        assert got is not None and np.array_equal(got, np.asarray(img.convert("RGB"))), scale
+
+
+def test_truncated_jpeg_still_fails_in_training_as_pil_fails():
+    from unitrans_ds.data.transforms import _decode_jpeg_rgb
+
+    data = COCO.read_bytes()
+    cut = data[: len(data) // 2]
+    assert _decode_jpeg_rgb(cut, 1) is None  # no end-of-image marker: left to PIL
+    with pytest.raises(OSError, match="truncated"):
+        TrainTransform(64)(cut, random.Random(0))
