@@ -94,7 +94,13 @@ class QASNLayer(nn.Module):
         return F.linear(down * self.qasn_a, B) * self.qasn_b
 
     def _self_attention_scope(self) -> SharedDown | None:
-        """The shared down-projection scope of the wrapped layer's self-attention, if it draws on this bank."""
+        """The shared down-projection scope of the wrapped layer's self-attention, if it draws on this bank.
+
+        None under gradient checkpointing of the wrapped layer: its recompute runs after this call has ended, and
+        must run the very ops of the forward, so the layer computes its own `A · x` then.
+        """
+        if getattr(self.base_layer, "gradient_checkpointing", False) and self.training:
+            return None
         query = getattr(getattr(getattr(self.base_layer, "attention", None), "self", None), "query", None)
         scope = getattr(query, "shared_down", None)
         return scope if scope is not None and query._bank is self._bank else None
