@@ -12,7 +12,9 @@ times, with the same number of DataLoader workers and the training transforms at
   ToTensor + Normalize do).
 Reported: images per wall-clock second (and per worker; workers = 0 counts as one, the main process), and
 CPU milliseconds per image in the main process and in the workers, whose sum gives the rate of one dedicated
-core even on a shared, busy machine. Run: `python benchmarks/bench_loader.py --help`.
+core even on a shared, busy machine. The loaders run in `--rounds` interleaved rounds (order flipped every
+round, so drift on a shared machine hits them alike); figures are medians over rounds, with the per-round
+min..max of images per core-second. Run: `python benchmarks/bench_loader.py --help`.
 """
 
 from __future__ import annotations
@@ -182,6 +184,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers for every loader (0 = main process).")
     ap.add_argument("--passes", type=int, default=3, help="Full passes over the images per loader.")
     ap.add_argument("--per_shard", type=int, default=50, help="Images per shard.")
+    ap.add_argument("--rounds", type=int, default=3, help="Interleaved rounds over the loaders (default 3).")
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Folder of photos to cut images from.")
     ap.add_argument("--seed", type=int, default=0, help="Seed for image making and loader randomness.")
     add_json_arg(ap, __file__)
@@ -205,7 +208,7 @@ def main() -> None:
             loader.set_epoch(p)
             return iter(loader)
 
-        rows = [("shards (ours)", *measure(shard_iter, args.passes, "shards"))]
+        loaders = {"shards (ours)": shard_iter}
         for name, naive in (("folder, same transforms", False), ("folder, LAVIS-style naive", True)):
             dl = DataLoader(
                 FolderDataset(folder, args.size, naive, args.seed),
@@ -215,27 +218,42 @@ def main() -> None:
                 collate_fn=None if naive else collate_uint8,
                 drop_last=True,
             )
-            rows.append((name, *measure(lambda _p, dl=dl: iter(dl), args.passes, name)))
+            loaders[name] = lambda _p, dl=dl: iter(dl)
+        runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in loaders}
+        for r in range(args.rounds):
+            for name in list(loaders) if r % 2 == 0 else reversed(list(loaders)):
+                runs[name].append(measure(loaders[name], args.passes, f"round {r + 1}: {name}"))
 
+    def median(values: list[float]) -> float:
+        return float(np.median(values))
+
+    rows = []
+    for name, rr in runs.items():
+        per_core = [1000 / (m + w) for _, m, w in rr]
+        rows.append((name, *(median([x[i] for x in rr]) for i in range(3)), median(per_core), per_core))
     print(
-        f"\n{args.images} JPEGs 640x480 -> {args.size}px train transforms, batch {args.batch}, workers {args.workers}"
+        f"\n{args.images} JPEGs 640x480 -> {args.size}px train transforms, batch {args.batch}, workers {args.workers}, "
+        f"{args.rounds} interleaved rounds (medians)"
     )
     print(
         f"{'loader':<28}{'img/s wall':>11}{'per worker':>11}{'main ms/img':>12}{'worker ms/img':>14}{'img/core-s':>11}"
+        "  rounds"
     )
-    for name, rate, main_ms, work_ms in rows:
+    for name, rate, main_ms, work_ms, core, per_core in rows:
         print(
-            f"{name:<28}{rate:>11.1f}{rate / per_worker:>11.1f}{main_ms:>12.2f}{work_ms:>14.2f}"
-            f"{1000 / (main_ms + work_ms):>11.1f}"
+            f"{name:<28}{rate:>11.1f}{rate / per_worker:>11.1f}{main_ms:>12.2f}{work_ms:>14.2f}{core:>11.1f}"
+            f"  {min(per_core):.1f}..{max(per_core):.1f}"
         )
     print("CPU columns: CPU time per image in this process and in the workers; img/core-s = 1000 / their sum.")
     result = {"machine": machine_line(), "args": {k: str(v) for k, v in vars(args).items()}, "loaders": {}}
-    for name, rate, main_ms, work_ms in rows:
+    for name, rate, main_ms, work_ms, core, per_core in rows:
         result["loaders"][name] = {
             "images_per_s_wall": rate,
             "main_cpu_ms_per_image": main_ms,
             "worker_cpu_ms_per_image": work_ms,
-            "images_per_core_s": 1000 / (main_ms + work_ms),
+            "images_per_core_s": core,
+            "images_per_core_s_rounds": per_core,
+            "rounds": [dict(zip(("images_per_s_wall", "main_cpu_ms", "worker_cpu_ms"), x)) for x in runs[name]],
         }
     write_results(args.json, result)
 

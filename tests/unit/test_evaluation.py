@@ -18,18 +18,15 @@ from helpers.shardgen import image_sample, write_shards
 
 from unitrans_ds import make_shards
 from unitrans_ds.adapters import prepare_model
+from unitrans_ds.collectives import RemoteError, all_gather_objects, all_gather_rows, on_rank0
 from unitrans_ds.config import build_config
 from unitrans_ds.data.loaders import build_eval_loader, eval_loader_from_config
 from unitrans_ds.data.text import normalize_answer_text, pre_caption
 from unitrans_ds.evaluation import (
     NoGroundTruthError,
-    RemoteError,
     TokenStore,
-    all_gather_objects,
-    all_gather_rows,
     evaluate,
     inference_mode,
-    on_rank0,
 )
 from unitrans_ds.evaluation.vqa import iter_shard_meta
 from unitrans_ds.metrics.retrieval import retrieval_metrics

@@ -12,7 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from unitrans_ds.losses import ITCLoss, ITMLoss, MCAMLoss, gather, js_divergence
+from unitrans_ds.collectives import gather_features
+from unitrans_ds.losses import ITCLoss, ITMLoss, MCAMLoss, js_divergence
 
 # ---------------------------------------------------------------- MCAM properties
 
@@ -54,7 +55,7 @@ def test_mcam_uses_detached_itc_temperature():
 
 
 def test_mcam_reuses_the_gathered_features_without_a_collective():
-    """Rank r of 2 scores its pairs from the features ITC gathered: no process group exists here, so a gather
+    """Rank r of 2 scores its pairs from the features the step gathered: no process group exists here, so a gather
     of its own would raise; the mean over both ranks' losses is the one-rank loss of the whole batch."""
     img = F.normalize(torch.randn(8, 16), dim=-1)
     txt = F.normalize(torch.randn(8, 16), dim=-1)
@@ -132,23 +133,26 @@ def _make_batch(n: int, dim: int = 16):
 
 
 def _losses(rank: int, world: int, n_total: int):
-    """All three losses on this rank's slice; returns (losses, grads of the local leaf inputs)."""
+    """All three losses on this rank's slice, with the one gather of the retrieval step; returns (losses, grads
+    of the local leaf inputs). The token features are bf16 and the ids int64, as in a bf16 training step."""
     img, txt, emb, ids, head = _make_batch(n_total)
     b = n_total // world
     sl = slice(rank * b, (rank + 1) * b)
-    img, txt, emb = (t[sl].clone().requires_grad_() for t in (img, txt, emb))
+    img, txt = (t[sl].clone().requires_grad_() for t in (img, txt))
+    emb = emb[sl].bfloat16().requires_grad_()
     ids = ids[sl]
     temp = torch.tensor(0.1)
     fi, ft = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
-    itc = ITCLoss(world)(fi, ft, ids, temp)
-    mcam = MCAMLoss(world)(fi, ft, itc["image_feat_all"], itc["text_feat_all"], itc_temp=temp)
+    g = gather_features(dict(image_feat=fi, text_feat=ft, image_ids=ids, tokens=emb, text=txt), world)
+    itc = ITCLoss(world)(fi, ft, ids, temp, g["image_feat"], g["text_feat"], g["image_ids"])
+    mcam = MCAMLoss(world)(fi, ft, g["image_feat"], g["text_feat"], itc_temp=temp)
     itm = ITMLoss(rank, world)
-    neg = itm.select_negatives(itc["sim_i2t"], itc["sim_t2i"], ids, itc["image_ids_all"], seed=5)
-    emb_all = gather(emb, world)
-    txt_all = gather(txt, world)
+    neg = itm.select_negatives(itc["sim_i2t"], itc["sim_t2i"], ids, g["image_ids"], seed=5)
+    emb_all, txt_all = g["tokens"], g["text"]
+    assert emb_all.dtype == torch.bfloat16 and g["image_ids"].dtype == torch.int64 and not g["image_ids"].requires_grad
 
     def fuse(e, t):  # a differentiable stand-in for the cross-attention ITM forward
-        return (e * t) @ head
+        return (e.float() * t) @ head
 
     pos = fuse(emb, txt)
     neg_logits = torch.cat(
@@ -158,14 +162,28 @@ def _losses(rank: int, world: int, n_total: int):
     total = itc["loss_itc"] + mcam + itm_loss
     total.backward()
     vals = torch.stack([itc["loss_itc"], mcam, itm_loss]).detach()
-    return vals, torch.cat([img.grad, txt.grad, emb.grad], dim=1)
+    return vals, torch.cat([img.grad, txt.grad, emb.grad.float()], dim=1)
 
 
 def _worker(rank: int, world: int, init_file: str, n_total: int, out_dir: str):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    calls = {"all_gather": 0, "all_reduce": 0}
+    originals = {name: getattr(dist, name) for name in calls}
+
+    def counted(name):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return originals[name](*args, **kwargs)
+
+        return call
+
+    for name in calls:
+        setattr(dist, name, counted(name))
     vals, grads = _losses(rank, world, n_total)
+    for name, fn in originals.items():
+        setattr(dist, name, fn)
     dist.all_reduce(vals)  # average the per-rank losses, as the trainer logs them
-    torch.save({"vals": vals / world, "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save({"vals": vals / world, "grads": grads, "calls": calls}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
@@ -177,7 +195,11 @@ def test_two_ranks_equal_one_rank_with_double_batch():
         mp.spawn(_worker, args=(2, os.path.join(d, "init"), n_total, d), nprocs=2, join=True)
         r = [torch.load(os.path.join(d, f"rank{k}.pt")) for k in range(2)]
     torch.testing.assert_close(r[0]["vals"], vals1, rtol=1e-5, atol=1e-6)
+    # One gather of everything the losses read in the forward, one all_reduce of its gradients in the backward.
+    assert r[0]["calls"] == r[1]["calls"] == {"all_gather": 1, "all_reduce": 1}
     # DeepSpeed averages gradients over ranks; gathered losses give each rank the sum over ranks for its local
     # part, so the local gradient divided by the world size is the 1-rank gradient of those rows.
     got = torch.cat([r[0]["grads"], r[1]["grads"]]) / 2
-    torch.testing.assert_close(got, grads1, rtol=1e-4, atol=1e-6)
+    d = 2 * 16  # image and text features in fp32; then the bf16 tokens, summed over ranks in bf16
+    torch.testing.assert_close(got[:, :d], grads1[:, :d], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got[:, d:], grads1[:, d:], rtol=2e-2, atol=1e-3)

@@ -140,6 +140,9 @@ class _CountMatmuls(TorchDispatchMode):
         # cross-attention: A·text for q, one A·image for k and v
         ("bert_cross", True, 2 + 2),
         ("bert_cross", False, 2 + 3),
+        # fused ViT qkv: one A·x; updates q and kv (the kv update once, added to both slices) or one stacked GEMM
+        ("vit_qkv", True, 1 + 2),
+        ("vit_qkv", False, 1 + 1),
     ],
 )
 def test_down_projection_once_per_input(block_name, share_kv, adapter_matmuls):
@@ -169,3 +172,52 @@ def test_projection_called_alone_computes_its_own_update():
     with torch.no_grad():
         for lin in (block.query, block.key, block.value):
             torch.testing.assert_close(lin(x), Reference(lin)(x), rtol=1e-5, atol=1e-5)
+
+
+def _qasn_layer(model):
+    from unitrans_ds.adapters.qasn import QASNLayer
+
+    layer = model.text_encoder.encoder.layer[1]
+    assert isinstance(layer, QASNLayer) and layer._self_attention_scope() is not None
+    return layer
+
+
+def _qasn_model():
+    model = make_tiny("retrieval", vision_width=48, vision_heads=4)
+    prepare_model(model, MethodConfig(name="unitrans", rank=4))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad and n != "unitrans.temp":
+                p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    return model
+
+
+def test_qasn_reuses_the_self_attention_down_projection():
+    """QASN's `A · x` is the fusion layer's self-attention `A · x`: computed once, same output and gradients as
+    the side network computing its own (the SPEC equation, written out here)."""
+    model = _qasn_model()
+    layer = _qasn_layer(model)
+    g = torch.Generator().manual_seed(0)
+    text = torch.randn(2, 6, model.config.text_config.hidden_size, generator=g).requires_grad_()
+    image = torch.randn(2, 5, model.config.vision_config.hidden_size, generator=g).requires_grad_()
+    kwargs = {"encoder_hidden_states": image}
+    params = [*get_state(model).banks["enc"].parameters(), *(p for p in layer.parameters() if p.requires_grad)]
+
+    def reference(x, **kw):  # block i = 0 of its stack's state is irrelevant here: layer 1 with h_1 = 0
+        out = layer.base_layer(x, **kw)
+        out = out[0] if isinstance(out, tuple) else out
+        return out + torch.tanh(layer.qasn_alpha * layer.side_update(x) + layer.qasn_beta)
+
+    layer._side.h = None
+    got, got_grads = _run(layer, (text,), kwargs, params)
+    want, want_grads = _run(reference, (text,), kwargs, params)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for g_, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g_, w, rtol=1e-4, atol=1e-5 * (1 + w.abs().max().item()))
+    with torch.no_grad():
+        with _CountMatmuls() as plain:
+            layer.base_layer(text, **kwargs)
+        with _CountMatmuls() as side:
+            layer(text, **kwargs)
+    assert side.count - plain.count == 1  # only the side network's B; its A · x is the attention's

@@ -11,12 +11,14 @@ order a BERT layer's positional arguments differently).
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .bank import SharedBank
+from .shared_down import SharedDown
 
 ACTIVATIONS = {
     "tanh": torch.tanh,
@@ -81,22 +83,42 @@ class QASNLayer(nn.Module):
     def external_parameters(self) -> list[nn.Parameter]:
         return [p for p in (self._bank.A, self._bank.B) if isinstance(p, nn.Parameter)]
 
-    def side_update(self, x: torch.Tensor) -> torch.Tensor:
-        """w_i(x) = Λb ⊙ (B · (Λa ⊙ (A · x)))."""
-        d = x.shape[-1]
-        A, B = self._bank.A[:, :d].to(x.dtype), self._bank.B[:d].to(x.dtype)
-        return F.linear(F.linear(x, A) * self.qasn_a, B) * self.qasn_b
+    def down(self, x: torch.Tensor) -> torch.Tensor:
+        """`A · x` [..., r], computed exactly as the VCRA wrappers of the same bank compute it."""
+        return F.linear(x, self._bank.A[:, : x.shape[-1]].to(x.dtype))
+
+    def side_update(self, x: torch.Tensor, down: torch.Tensor | None = None) -> torch.Tensor:
+        """w_i(x) = Λb ⊙ (B · (Λa ⊙ (A · x))); `down` is `A · x` when already computed."""
+        down = self.down(x) if down is None else down
+        B = self._bank.B[: x.shape[-1]].to(x.dtype)
+        return F.linear(down * self.qasn_a, B) * self.qasn_b
+
+    def _self_attention_scope(self) -> SharedDown | None:
+        """The shared down-projection scope of the wrapped layer's self-attention, if it draws on this bank.
+
+        None under gradient checkpointing of the wrapped layer: its recompute runs after this call has ended, and
+        must run the very ops of the forward, so the layer computes its own `A · x` then.
+        """
+        if getattr(self.base_layer, "gradient_checkpointing", False) and self.training:
+            return None
+        query = getattr(getattr(getattr(self.base_layer, "attention", None), "self", None), "query", None)
+        scope = getattr(query, "shared_down", None)
+        return scope if scope is not None and query._bank is self._bank else None
 
     def encoder_states(self, *args, **kwargs) -> torch.Tensor | None:
         """The `encoder_hidden_states` of a call to the wrapped block, bound by name through its signature."""
         return self._signature.bind(*args, **kwargs).arguments.get("encoder_hidden_states")
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        out = self.base_layer(hidden_states, *args, **kwargs)
         if self.encoder_states(hidden_states, *args, **kwargs) is None:
-            return out
+            return self.base_layer(hidden_states, *args, **kwargs)
+        # The layer's self-attention reads `hidden_states` too, through the same bank: one `A · x` for both.
+        down = self.down(hidden_states)
+        scope = self._self_attention_scope()
+        with scope.preset(hidden_states, down) if scope is not None else nullcontext():
+            out = self.base_layer(hidden_states, *args, **kwargs)
         prev = self._side.h if self.index > 0 and self._side.h is not None else 0
-        h = prev + self.side_update(hidden_states)
+        h = prev + self.side_update(hidden_states, down)
         # The last block drops the state so the graph is not kept alive until the next forward.
         self._side.h = None if self.last else h
         f = ACTIVATIONS[self.activation](self.qasn_alpha * h + self.qasn_beta)

@@ -18,12 +18,17 @@ lazily inside the first wrapper that needs them, so ZeRO-3 has gathered that wra
 (A, B, the shared vectors) when they are used, and a recompute under gradient checkpointing redoes them
 through the same hooks. Hooks rather than a wrapper module around the attention block keep every parameter
 name (checkpoints, adapter exports) unchanged.
+
+QASN's side network reads the same input as the self-attention of the layer it wraps, with the same bank: it
+computes `A · x` first and hands it over with `preset`, for the block's next call only and only if that call
+routes the very same tensor, so the block's projections reuse it instead of computing it again.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -54,6 +59,7 @@ class SharedDown:
             )
         self._inputs: dict[str, torch.Tensor] | None = None
         self._memo: dict[tuple[str, object], torch.Tensor] = {}
+        self._preset: tuple[torch.Tensor, torch.Tensor] | None = None
         block.register_forward_pre_hook(self._open, with_kwargs=True)
         block.register_forward_hook(self._close, always_call=True)
 
@@ -72,9 +78,28 @@ class SharedDown:
                     inputs[role] = x
                     break
         self._inputs, self._memo = inputs, {}
+        preset, self._preset = self._preset, None
+        if preset is not None:
+            x, down = preset
+            slot = next((r for r, t in inputs.items() if t is x), None)
+            if slot is not None:
+                self._memo[(slot, "down")] = down
+
+    @contextmanager
+    def preset(self, x: torch.Tensor, down: torch.Tensor) -> Iterator[None]:
+        """Offer `down` = `A[:, :d] · x` (the bank the block's wrappers use) to the block's next forward call.
+
+        Used only if that call routes `x` itself to a projection; the offer ends with that call or, if the block
+        is not called, with the `with` block (a later step's `A` may differ).
+        """
+        self._preset = (x, down)
+        try:
+            yield
+        finally:
+            self._preset = None
 
     def _close(self, block: nn.Module, args: tuple, output: object) -> None:
-        self._inputs, self._memo = None, {}
+        self._inputs, self._memo, self._preset = None, {}, None
 
     def memo(self, role: str, x: torch.Tensor) -> Callable[[object, Callable[[], torch.Tensor]], torch.Tensor] | None:
         """A `get(name, compute)` that memoises per routed input while the block runs; None when `x` is not routed.

@@ -30,6 +30,41 @@ class Chunk:
     owner: VCRALinear | None = None  # None: this wrapper
 
 
+class _AddUpdates(torch.autograd.Function):
+    """`y[:, start:end] += xa · M[k]ᵀ` for each (start, end, k) of `layout`, in place on the 2-D base output `y`,
+    each distinct `M[k]`'s product computed once (the fused ViT qkv with shared K/V: key and value add the same
+    update). Backward: the gradient slices of a shared `M[k]` are summed first, so `∂xa` and `∂M[k]` are one
+    rank-r GEMM each per distinct matrix, not per chunk. `y`'s own gradient passes through unchanged.
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, xa: torch.Tensor, layout: tuple, *mats: torch.Tensor) -> torch.Tensor:
+        ctx.layout = layout
+        ctx.save_for_backward(xa, *mats)
+        done: dict[int, torch.Tensor] = {}
+        for start, end, k in layout:
+            if k not in done:
+                done[k] = xa @ mats[k].t()
+            y[:, start:end] += done[k]
+        ctx.mark_dirty(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        xa, *mats = ctx.saved_tensors
+        sums: dict[int, torch.Tensor] = {}
+        for start, end, k in ctx.layout:
+            part = grad[:, start:end]
+            sums[k] = part if k not in sums else sums[k] + part
+        d_xa, d_mats = None, [None] * len(mats)
+        for k, g in sums.items():
+            if ctx.needs_input_grad[1]:
+                d_xa = g @ mats[k] if d_xa is None else d_xa.addmm_(g, mats[k])
+            if ctx.needs_input_grad[3 + k]:
+                d_mats[k] = g.t() @ xa
+        return grad, d_xa, None, *d_mats
+
+
 class VCRALinear(nn.Module):
     """Wraps a frozen `nn.Linear` (kept as `base_layer`) with VCRA.
 
@@ -119,23 +154,33 @@ class VCRALinear(nn.Module):
         return F.linear(self.down(x), self.stacked_matrix(x.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
         if self.merged:
-            return y
+            return self.base_layer(x)
         memo = self.shared_down.memo(self.role, x) if self.shared_down is not None else None
         if memo is None:
-            # Alone (the fused ViT qkv, or an input no sibling shares): y + (A·x)·Mᵀ as one GEMM that adds into y.
-            # For qkv with shared K/V the stacked M repeats the kv rows: a third more of a rank-r GEMM, instead of
-            # a [tokens, 3 · width] concatenation of the chunks in the forward and its split in the backward.
-            xa, m = self.down(x), self.stacked_matrix(x.dtype)
-            out = torch.addmm(y.reshape(-1, y.shape[-1]), xa.reshape(-1, xa.shape[-1]), m.t())
-            return out.view_as(y)
+            return self._forward_alone(x)
+        y = self.base_layer(x)
         # A BERT projection inside its block: A·x once per input, and one update per vector owner, so that key and
         # value with shared vectors compute their identical update once and add it twice.
         (chunk,) = self.chunks
         xa = memo("down", lambda: self.down(x))
         update = memo((chunk.owner or self, chunk.key), lambda: F.linear(xa, self.update_matrix(chunk, x.dtype)))
         return y + update
+
+    def _forward_alone(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused ViT qkv, or an input no sibling shares: the base output plus (A·x)·Mᵀ added into it."""
+        x2 = x.reshape(-1, x.shape[-1])  # 2-D from the start: the in-place update below then edits no view
+        y2, xa2 = self.base_layer(x2), self.down(x2)
+        shape = (*x.shape[:-1], self.out_features)
+        keys = list(dict.fromkeys((c.owner, c.key) for c in self.chunks))
+        if len(keys) == len(self.chunks):  # every chunk its own vectors: one GEMM of the stacked matrices
+            return torch.addmm(y2, xa2, self.stacked_matrix(x.dtype).t()).view(shape)
+        # Shared K/V: the kv update once, added to both slices (a stacked M would repeat its rows: a third more
+        # rank-r GEMMs in the forward and in the backward).
+        owners = {k: next(c for c in self.chunks if (c.owner, c.key) == k) for k in keys}
+        mats = [self.update_matrix(owners[k], x.dtype) for k in keys]
+        layout = tuple((c.start, c.end, keys.index((c.owner, c.key))) for c in self.chunks)
+        return _AddUpdates.apply(y2, xa2, layout, *mats).view(shape)
 
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .distributed import any_rank, barrier
+from ..collectives import any_rank, barrier
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"

@@ -1,4 +1,4 @@
-"""Process-group set-up and the few collectives the trainer needs (every rank joins them)."""
+"""Process-group set-up and tear-down; the collectives themselves are in `unitrans_ds/collectives.py`."""
 
 from __future__ import annotations
 
@@ -47,44 +47,3 @@ def shutdown_distributed() -> None:
     """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Average scalar values over ranks (a collective: every rank must call it with the same keys)."""
-    if not values:
-        return {}
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-        t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist()))
-
-
-def sum_over_ranks(values: dict[str, int], device: torch.device, keys: list[str]) -> dict[str, int]:
-    t = torch.tensor([int(values.get(k, 0)) for k in keys], dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return {k: int(v) for k, v in zip(keys, t.tolist())}
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """Collective: True on every rank when `flag` is True on any rank (e.g. "my write failed")."""
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
-def barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def gather_objects(obj) -> list:
-    """Collective: every rank's `obj` (picklable, small), in rank order, on every rank."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out

@@ -21,7 +21,7 @@ import signal
 
 import torch
 
-from .distributed import any_rank
+from ..collectives import any_rank
 
 log = logging.getLogger("unitrans_ds.train")
 

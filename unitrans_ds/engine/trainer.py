@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..adapters import prepare_model, zero3_register_external
+from ..collectives import all_gather_objects, mean_over_ranks, sum_over_ranks
 from ..config import Config, ConfigError, save_config
 from ..data.loaders import check_shards, train_loader_from_config
 from ..data.manifest import Manifest, read_splits
@@ -33,7 +34,7 @@ from ..tracking.progress import progress, write
 from ..tracking.run_info import run_params, shard_datasets, standard_tags
 from ..tracking.summary import summary_table
 from .checkpoint import TrainState
-from .distributed import gather_objects, init_distributed, mean_over_ranks, sum_over_ranks
+from .distributed import init_distributed
 from .ds_config import bf16_supported, resolve_ds_config
 from .eval_model import EvalModel
 from .optim import build_optimizer, build_scheduler, clamp_temperature, temperature_param
@@ -220,7 +221,7 @@ class Trainer:
     def _data_loss(self) -> dict:
         """Collective: what the training data lost so far, over every rank, in samples and pairs per shard."""
         unit = self.task.item_unit
-        ledger = merge_ledgers(gather_objects(self.skips.ledger))
+        ledger = merge_ledgers(all_gather_objects(self.skips.ledger))
         manifest = self.train_loader.manifest
         return loss_summary(ledger, manifest.total_samples, manifest.num_items(unit), unit)
 

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 from ..adapters import save_adapter, trainable_state_dict
+from ..collectives import barrier
 from ..config.schema import Config
 from ..data.manifest import Manifest
 from ..tasks import Dist
 from ..tracking.base import Tracker
 from ..tracking.run_info import metric_key, split_metrics
 from .checkpoint import TrainState
-from .distributed import barrier
 from .eval_model import EvalModel
 
 log = logging.getLogger("unitrans_ds.train")

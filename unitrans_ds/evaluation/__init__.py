@@ -5,8 +5,8 @@ Each task class drives its own steps (`Task.evaluate`); `evaluate(task, cfg, spl
 out_dir, merge)` is the entry point for the trainer and `launchers/eval.py`.
 """
 
+from ..collectives import RemoteError
 from .captioning import NoGroundTruthError
-from .distributed import RemoteError, all_gather_objects, all_gather_rows, broadcast_from_rank0, on_rank0
 from .inference import inference_mode
 from .retrieval import TokenStore
 from .runner import evaluate
@@ -16,11 +16,7 @@ __all__ = [
     "NoGroundTruthError",
     "RemoteError",
     "TokenStore",
-    "all_gather_objects",
-    "all_gather_rows",
     "answer_list_from_split",
-    "broadcast_from_rank0",
     "evaluate",
     "inference_mode",
-    "on_rank0",
 ]

@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..collectives import all_gather_rows
 from ..data.loaders import EvalLoader
 from ..metrics.retrieval import retrieval_metrics, topk_rankings
 from ..tracking.progress import progress
-from .distributed import all_gather_rows
 
 if TYPE_CHECKING:  # the task class runs these steps (its `evaluate`); no import at run time
     from ..tasks.retrieval import RetrievalTask

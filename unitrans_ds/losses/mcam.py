@@ -27,7 +27,7 @@ class MCAMLoss(nn.Module):
     """`L_ITR = mean_i JS(P_i ‖ Q_i)` with P_i = softmax(S[i, :]/τ), Q_i = softmax(S[:, i]/τ), S = I·Tᵀ.
 
     The paper writes a sum over pairs; we take the mean, as BLIP's ITC does. S is computed against the features
-    ITC gathered from every rank (gradients through the local part), so a step gathers once; each rank scores its
+    the step gathered once from every rank for ITC (gradients through the local part); each rank scores its
     local pairs. MCAM runs no collective of its own.
     """
 
@@ -45,8 +45,8 @@ class MCAMLoss(nn.Module):
     ) -> torch.Tensor:
         """`image_feat`, `text_feat`: [B, D] normalised embeddings of B pairs (pair i = image i, text i).
 
-        `image_all`, `text_all`: [world*B, D] the same features of every rank, in rank order, as `ITCLoss`
-        returns them (`image_feat_all`, `text_feat_all`); with one rank they default to the local features.
+        `image_all`, `text_all`: [world*B, D] the same features of every rank, in rank order, as
+        `collectives.gather_features` returns them; with one rank they default to the local features.
         """
         if self.tau is not None:
             tau = self.tau
@@ -56,7 +56,7 @@ class MCAMLoss(nn.Module):
             raise ValueError("MCAMLoss needs a fixed tau or the ITC temperature")
         if image_all is None or text_all is None:
             if self.world_size > 1:
-                raise ValueError("MCAMLoss on several ranks needs the gathered features ITC returns")
+                raise ValueError("MCAMLoss on several ranks needs the gathered features (collectives.gather_features)")
             image_all, text_all = image_feat, text_feat
         # Row i of S (image i against all texts) and column i of S (text i against all images), in fp32.
         log_p = F.log_softmax(fp32_logits(image_feat, text_all, tau), dim=1)

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from transformers import BlipForConditionalGeneration
 
+from ..collectives import all_gather_objects, on_rank0
 from ..config.schema import Config
 from ..data.loaders import EvalLoader
 from ..evaluation import captioning as ev
-from ..evaluation.distributed import all_gather_objects, on_rank0
 from ..evaluation.inference import inference_mode
 from .base import Dist, Task, TaskSettings
 

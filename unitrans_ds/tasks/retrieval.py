@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from transformers import BlipForImageTextRetrieval
 
 from ..adapters.state import get_state
+from ..collectives import all_gather_objects, all_gather_rows, gather_features, on_rank0
 from ..config.schema import Config
 from ..data.loaders import EvalLoader
 from ..evaluation import retrieval as ev
-from ..evaluation.distributed import all_gather_objects, all_gather_rows, on_rank0
 from ..evaluation.inference import inference_mode
-from ..losses import ITCLoss, ITMLoss, MCAMLoss, gather
+from ..losses import ITCLoss, ITMLoss, MCAMLoss
 from .base import Dist, Task, TaskSettings
 
 
@@ -99,21 +99,20 @@ class RetrievalTask(Task):
         image_ids = batch["image_idx"].to(self.device)
         temp = get_state(self.model).temperature()
 
-        itc = self.itc(image_feat, text_feat, image_ids, temp)
+        # One collective per step: ITC and MCAM read every rank's features, ITM's negatives every rank's image
+        # tokens and texts; gradients flow back to each rank's local rows.
+        local = dict(image_feat=image_feat, text_feat=text_feat, image_ids=image_ids, tokens=image_tokens)
+        g = gather_features(dict(local, ids=ids, mask=mask), self.dist.world_size)
+        itc = self.itc(image_feat, text_feat, image_ids, temp, g["image_feat"], g["text_feat"], g["image_ids"])
         losses = {"loss_itc": itc["loss_itc"]}
         if self.mcam is not None:
-            losses["loss_mcam"] = self.mcam(
-                image_feat, text_feat, itc["image_feat_all"], itc["text_feat_all"], itc_temp=temp
-            )
+            losses["loss_mcam"] = self.mcam(image_feat, text_feat, g["image_feat"], g["text_feat"], itc_temp=temp)
 
         # ITM: each image with a hard negative text, each text with a hard negative image, from the global batch.
         neg = self.itm.select_negatives(
-            itc["sim_i2t"], itc["sim_t2i"], image_ids, itc["image_ids_all"], seed=self.step_seed(step)
+            itc["sim_i2t"], itc["sim_t2i"], image_ids, g["image_ids"], seed=self.step_seed(step)
         )
-        world = self.dist.world_size
-        tokens_all = gather(image_tokens, world)
-        ids_all = gather(ids, world, with_grad=False)
-        mask_all = gather(mask, world, with_grad=False)
+        tokens_all, ids_all, mask_all = g["tokens"], g["ids"], g["mask"]
         nt, ni = neg["neg_text_for_image"], neg["neg_image_for_text"]
         pos_logits = self.itm_logits(image_tokens, ids, mask)
         neg_logits = self.itm_logits(

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from transformers import BlipForQuestionAnswering
 
+from ..collectives import all_gather_objects, on_rank0
 from ..config.schema import Config
 from ..data.loaders import EvalLoader
 from ..evaluation import vqa as ev
-from ..evaluation.distributed import all_gather_objects, on_rank0
 from ..evaluation.inference import inference_mode
 from .base import Dist, Task, TaskSettings
 
