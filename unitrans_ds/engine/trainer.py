@@ -31,7 +31,14 @@ from ..tracking.progress import progress, write
 from ..tracking.run_info import metric_key, run_params, shard_datasets, split_metrics, standard_tags
 from ..tracking.summary import summary_table
 from .checkpoint import TrainState, latest_tag, load_checkpoint, logged_after, save_checkpoint
-from .distributed import barrier, gather_objects, init_distributed, mean_over_ranks, sum_over_ranks
+from .distributed import (
+    barrier,
+    gather_objects,
+    init_distributed,
+    mean_over_ranks,
+    pin_cpu_threads,
+    sum_over_ranks,
+)
 from .ds_config import bf16_supported, resolve_ds_config
 from .eval_model import EvalModel
 from .optim import build_optimizer, build_scheduler, clamp_temperature, temperature_param
@@ -72,6 +79,7 @@ class Trainer:
     def __init__(self, cfg: Config, ds_config: str | Path, resume: str | None = None):
         self.cfg = cfg
         self.rank, self.world, _ = init_distributed()
+        pin_cpu_threads(cfg.train.cpu_threads)  # before any math: the thread count changes float results
         self.run_dir = Path(cfg.train.output_dir)
         self.resume = resume if resume is not None else cfg.train.resume
         torch.manual_seed(cfg.train.seed)
