@@ -1,16 +1,17 @@
-"""Pretrain the demo's tiny BLIP backbones: full training on domain A of `shapes`, one model per task class.
+"""Pretrain the tiny BLIP backbones: full training on domain A of `scenes`, one model per task class.
 
-    python -m unitrans_ds.demo.pretrain [--tasks retrieval captioning vqa] [--out pretrained] [--epochs N]
+    python -m benchmarks.transfer.pretrain [--tasks retrieval captioning vqa] [--out pretrained] [--epochs N]
 
 Each task class (`BlipForImageTextRetrieval`, `BlipForConditionalGeneration`, `BlipForQuestionAnswering`) is
-trained from a seeded random init with `method.name=full` on `shards/demo/image_a/train` by the project's own
-`Trainer` (in this process, one rank), then the whole backbone and the demo tokenizer are written with
-`save_pretrained` to `<out>/tiny-blip-<task>/`, which `model.init_from` accepts. The weights are stored in fp16
-(the loader reads them back as fp32) so that the three folders fit in the repository's 20 MB budget.
+trained with `method.name=full` on `<shards>/image_a/train` by the project's own `Trainer` (in this process, one
+rank), then the whole backbone and the demo tokenizer are written with `save_pretrained` to
+`<out>/tiny-blip-<task>/`, which `model.init_from` accepts. The weights are stored in fp16 (the loader reads them
+back as fp32) so that the three folders fit in the repository's budget.
 
-Determinism: a fixed seed drives the init, the data order and dropout; with the same code, torch version and
-thread count (`--threads`, default 1) a rerun gives bit-identical tensors. `pretrain.json` beside the weights
-records the recipe, the time taken and a sanity number (zero-shot on domain A and B val) unless `--no_sanity`.
+Determinism: a fixed seed drives the init, the data order and dropout, and `train.cpu_threads` pins the math to
+`--threads` threads, so a rerun gives bit-identical tensors on any machine. `pretrain.json` beside the weights
+records the recipe, the time taken and sanity numbers (zero-shot on domain A test and domain B val) unless
+`--no_sanity`.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from ..cli import ArgumentParser
-from ..config import Config, load_config
-from ..config.schema import TASKS
-from ..engine.distributed import shutdown_distributed
+from unitrans_ds.cli import ArgumentParser
+from unitrans_ds.config import Config, load_config
+from unitrans_ds.config.schema import TASKS
+from unitrans_ds.engine.distributed import shutdown_distributed
 
 #: the tiny sizes of every demo backbone: ~1.9M (retrieval, captioning) and ~3.1M (VQA) parameters
 TINY_SIZES = {
@@ -54,6 +55,8 @@ class Recipe:
     lr: float
     batch: int
     warmup_steps: int = 50
+    # BLIP pretrains its ITC temperature at the model's lr; adaptation then uses `optim.temperature_lr`'s default
+    temperature_lr: float | None = None  # None = lr
 
 
 RECIPES: dict[str, Recipe] = {
@@ -75,6 +78,7 @@ def pretrain_config(
     run_dir: str | Path,
     seed: int = 0,
     track: bool = False,
+    threads: int = 1,
 ) -> Config:
     """The training config of one pretraining run: full training from a seeded tiny init, no evaluation."""
     overrides = [
@@ -86,12 +90,13 @@ def pretrain_config(
         f"data.train_shards={train_shards}",
         "data.val_shards=null",
         "data.test_shards=null",
-        "data.dataset=shapes-a",
-        # shapes texts name colours and say left/right: no colour ops, no flips
+        "data.dataset=scenes-a",
+        # scenes texts name colours and say left/right: no colour ops, no flips
         "data.randaugment=false",
         "data.hflip=false",
         "data.num_workers=0",
         f"optim.lr={recipe.lr}",
+        f"optim.temperature_lr={recipe.temperature_lr or recipe.lr}",
         f"optim.warmup_steps={recipe.warmup_steps}",
         "optim.min_lr_ratio=0.05",
         f"train.epochs={recipe.epochs}",
@@ -99,12 +104,13 @@ def pretrain_config(
         f"train.micro_batch_size={recipe.batch}",
         "train.precision=fp32",
         f"train.seed={seed}",
+        f"train.cpu_threads={threads}",
         "train.zero_shot_eval=false",
         "train.log_every=25",
         f"train.output_dir={run_dir}",
         f"tracking.enabled={'true' if track else 'false'}",
         "tracking.experiment=unitrans-pretrain",
-        f"tracking.run_name=pretrain-{task}-shapes-a",
+        f"tracking.run_name=pretrain-{task}-scenes-a",
     ]
     return load_config(None, overrides)
 
@@ -118,7 +124,7 @@ def save_backbone(model: torch.nn.Module, tokenizer, out_dir: str | Path, half: 
     """
     from safetensors.torch import load_file, save_file
 
-    from ..adapters import save_merged_pretrained
+    from unitrans_ds.adapters import save_merged_pretrained
 
     out = save_merged_pretrained(model, out_dir, tokenizer=tokenizer)
     if half:
@@ -144,7 +150,7 @@ def pretrain_task(
     task: str,
     out_root: str | Path,
     recipe: Recipe,
-    shards_root: str | Path = "shards/demo",
+    shards_root: str | Path = "shards/scenes",
     ds_config: str = "ds_configs/zero0.json",
     seed: int = 0,
     run_root: str | Path = "runs/pretrain",
@@ -154,7 +160,7 @@ def pretrain_task(
 
     Returns the record written to `pretrain.json` (recipe, sizes, steps, seconds, last training loss).
     """
-    from ..engine.trainer import Trainer
+    from unitrans_ds.engine.trainer import Trainer
 
     run_dir = Path(run_root) / task
     if run_dir.is_dir():  # our own scratch folder: a stale metrics.jsonl would mix two runs
@@ -184,7 +190,7 @@ def pretrain_task(
 
 
 def sanity_check(
-    folder: str | Path, task: str, shards_root: str | Path = "shards/demo", out_dir: str | Path = "runs/pretrain"
+    folder: str | Path, task: str, shards_root: str | Path = "shards/scenes", out_dir: str | Path = "runs/pretrain"
 ) -> dict[str, dict]:
     """Zero-shot metrics of a saved backbone on domain A val (what it learned) and domain B val (the gap)."""
     from .zero_shot import evaluate_backbone
@@ -205,7 +211,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="task classes to pretrain")
     p.add_argument("--out", default="pretrained", help="folder that receives tiny-blip-<task>/ (default: %(default)s)")
-    p.add_argument("--shards", default="shards/demo", help="demo shards root with image_a/ and image_b/")
+    p.add_argument(
+        "--shards",
+        default="shards/scenes",
+        help="scenes shards root with image_a/ and image_b/ (./shards/make_scenes.sh)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs (quick trials)")
     p.add_argument("--seed", type=int, default=0, help="init / data order / dropout seed (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads; fixed for bit-identical reruns")
