@@ -22,8 +22,8 @@ COMMANDS = [
     ["-m", "unitrans_ds.make_shards"],
     ["-m", "unitrans_ds.models.convert_blip"],
     ["-m", "unitrans_ds.models.processor"],
-    ["-m", "unitrans_ds.demo.pretrain"],
-    ["-m", "unitrans_ds.demo.transfer"],
+    ["-m", "benchmarks.transfer.pretrain"],
+    ["-m", "benchmarks.transfer"],
     ["-m", "unitrans_ds.tracking.sync"],
     *[[str(p.relative_to(ROOT))] for p in sorted((ROOT / "benchmarks").glob("bench_*.py"))],
 ]

@@ -176,6 +176,9 @@ class OptimConfig:
         "adapter's lr; after every step it is clamped to [0.001, 0.5] in place.",
         1e-5,
     )
+    qasn_lr: float | None = _help(
+        "Peak lr of QASN's vectors (their own group, no weight decay, same schedule); null = `optim.lr`.", None
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -193,6 +196,8 @@ class OptimConfig:
             problems.append(f"`optim.min_lr_ratio` must be in [0, 1], got {self.min_lr_ratio}")
         if not (math.isfinite(self.clip_grad) and self.clip_grad >= 0):
             problems.append(f"`optim.clip_grad` must be >= 0 (0 disables), got {self.clip_grad}")
+        if self.qasn_lr is not None and not (math.isfinite(self.qasn_lr) and self.qasn_lr > 0):
+            problems.append(f"`optim.qasn_lr` must be a positive number or null (= optim.lr), got {self.qasn_lr}")
         if problems:
             raise ValueError("\n".join(problems))
 
@@ -207,6 +212,12 @@ class TrainConfig:
     )
     precision: str = _help(f"One of {', '.join(PRECISIONS)}; auto = bf16 where supported, else fp32.", "auto")
     seed: int = _help("Seed for data order, dropout and initialisation.", 42)
+    cpu_threads: int = _help(
+        "Torch CPU threads per rank for the math. Fixed (default 1) so a run gives the same numbers and "
+        "bit-identical adapters whatever the core count or OMP_NUM_THREADS; 0 = split the cores between the "
+        "local ranks (faster on a big CPU, reproducible only on the same machine). CUDA kernels ignore it.",
+        1,
+    )
     output_dir: str = _help("Run folder: resolved config, checkpoints, adapter exports, metrics fallback.", "runs/demo")
     eval_every: int = _help("Evaluate on the validation split every N steps; 0 = only at the end.", 0)
     save_every: int = _help(
@@ -229,6 +240,12 @@ class TrainConfig:
         "blip",
     )
     label_smoothing: float = _help("Captioning: label smoothing of the LM loss.", 0.1)
+
+    def __post_init__(self) -> None:
+        if self.cpu_threads < 0:
+            raise ValueError(
+                f"`train.cpu_threads` must be >= 0 (1 = reproducible anywhere, 0 = all cores), got {self.cpu_threads}"
+            )
 
 
 @dataclass

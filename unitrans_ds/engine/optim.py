@@ -20,26 +20,37 @@ TEMPERATURE_RANGE = (0.001, 0.5)
 TEMPERATURE_NAME = "unitrans.temp"
 
 
-def param_groups(model: nn.Module, weight_decay: float, temperature_lr: float | None = None) -> list[dict]:
-    """Trainable parameters in up to three groups: matrices decay; vectors and scalars do not (decaying a scaling
+#: Name fragment of QASN's parameters (`QASNLayer.qasn_a`, `qasn_b`, `qasn_alpha`, `qasn_beta`).
+QASN_NAME = ".qasn_"
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, temperature_lr: float | None = None, qasn_lr: float | None = None
+) -> list[dict]:
+    """Trainable parameters in up to four groups: matrices decay; vectors and scalars do not (decaying a scaling
     vector towards 0 would switch its adapter off); the ITC temperature, without decay, at `temperature_lr`
-    (its own group whatever the value, so its lr never follows the adapters' by accident)."""
-    decay, no_decay, temp = [], [], []
+    (its own group whatever the value, so its lr never follows the adapters' by accident); QASN's vectors, without
+    decay, at `qasn_lr` when one is given (else they join the other vectors at the base lr)."""
+    decay, no_decay, temp, qasn = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if name.endswith(TEMPERATURE_NAME):
             temp.append(p)
+        elif qasn_lr is not None and QASN_NAME in name:
+            qasn.append(p)
         else:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if temp:
         groups.append({"params": temp, "weight_decay": 0.0, "lr": temperature_lr})
+    if qasn:
+        groups.append({"params": qasn, "weight_decay": 0.0, "lr": qasn_lr})
     return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.temperature_lr)
+    groups = param_groups(model, cfg.weight_decay, cfg.temperature_lr, cfg.qasn_lr)
     if not groups:
         raise ValueError(
             "no parameter trains with this method (`frozen`?): there is nothing to optimise; "

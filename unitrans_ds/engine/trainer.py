@@ -34,7 +34,7 @@ from ..tracking.progress import progress, write
 from ..tracking.run_info import run_params, shard_datasets, standard_tags
 from ..tracking.summary import summary_table
 from .checkpoint import TrainState
-from .distributed import init_distributed
+from .distributed import init_distributed, pin_cpu_threads
 from .ds_config import bf16_supported, resolve_ds_config
 from .eval_model import EvalModel
 from .optim import build_optimizer, build_scheduler, clamp_temperature, temperature_param
@@ -73,6 +73,7 @@ class Trainer:
     ):
         self.cfg = cfg
         self.rank, self.world, _ = init_distributed()
+        pin_cpu_threads(cfg.train.cpu_threads)  # before any math: the thread count changes float results
         self.run_dir = Path(cfg.train.output_dir)
         torch.manual_seed(cfg.train.seed)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from .layout import adjacent_pairs, direction_of, moves_toward
 from .world import (
+    ANSWER_NUMBERS,
     COLORS,
     DIRECTIONS,
     DOMAINS,
@@ -153,12 +154,12 @@ def image_plans(rng: np.random.Generator, scene: dict[str, Any]) -> list[Plan]:
     rel, i, j = _relation_pair(rng, scene)
     at = any_obj()
     plans = [
-        Plan("count", "how many shapes are there ?", "number", NUMBERS[1:]),
+        Plan("count", "how many shapes are there ?", "number", ANSWER_NUMBERS[1:]),
         Plan(
             "count color",
             f"how many {scene['counted']} shapes are there ?",
             "number",
-            NUMBERS[:4],
+            ANSWER_NUMBERS[:4],
             {"color": scene["counted"]},
         ),
         Plan(
@@ -201,9 +202,9 @@ def _image_truth(scene: dict[str, Any], plan: Plan) -> str:
     objs, args = scene["objects"], plan.args
     obj = objs[args["object"]] if "object" in args else None
     if plan.qtype == "count":
-        return NUMBERS[len(objs)]
+        return ANSWER_NUMBERS[len(objs)]
     if plan.qtype == "count color":
-        return NUMBERS[sum(o["color"] == args["color"] for o in objs)]
+        return ANSWER_NUMBERS[sum(o["color"] == args["color"] for o in objs)]
     if plan.qtype == "color of related":
         return obj["color"]
     if plan.qtype == "shape at":
@@ -271,7 +272,7 @@ def clip_plans(rng: np.random.Generator, scene: dict[str, Any]) -> list[Plan]:
             YES_NO,
             {"object": roles["mover"], "direction": asked},
         ),
-        Plan("count moving", "how many shapes are moving ?", "number", NUMBERS[:4]),
+        Plan("count moving", "how many shapes are moving ?", "number", ANSWER_NUMBERS[:4]),
     ]
 
 
@@ -290,7 +291,7 @@ def _clip_truth(scene: dict[str, Any], plan: Plan) -> str | None:
     if plan.qtype == "does it move":
         return YES_NO[0] if direction_of(objs[args["object"]]) == args["direction"] else YES_NO[1]
     if plan.qtype == "count moving":
-        return NUMBERS[sum(direction_of(o) != "none" for o in objs)]
+        return ANSWER_NUMBERS[sum(direction_of(o) != "none" for o in objs)]
     raise ValueError(f"unknown clip question type {plan.qtype!r}")
 
 

@@ -17,7 +17,10 @@ SIZES = {"small": 0.095, "large": 0.14}  # radius as a fraction of the side: lar
 # A surface mark drawn on the object; the vocabulary has no pattern words ("striped", "dotted"), so the
 # texture attribute is a mark named by words it has. "ring" and "cross" are therefore not used as shapes.
 MARKS = ("none", "ring", "cross")
-NUMBERS = ("zero", "one", "two", "three", "four", "five")
+NUMBERS = ("zero", "one", "two", "three", "four", "five")  # in captions and questions
+# Answers to "how many" are digits, as in VQAv2's annotations: the evaluators normalise a predicted "two" to "2"
+# but leave a ground truth that all ten annotators agree on as it is, so a spelled-out answer could never match.
+ANSWER_NUMBERS = ("0", "1", "2", "3", "4", "5")
 ROWS = ("top", "middle", "bottom")
 COLS = ("left", "middle", "right")
 DIRECTIONS = ("left", "right", "up", "down")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import Config, load_config
-from ..engine.distributed import init_distributed
+from unitrans_ds.config import Config, load_config
+from unitrans_ds.engine.distributed import init_distributed
 
 
 def frozen_config(
@@ -37,10 +37,10 @@ def frozen_config(
 
 def evaluate_config(cfg: Config, split_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, float]:
     """Metrics of the untrained (`frozen`) model of `cfg` on `split_dir`, one rank. `out_dir`: per-sample outputs."""
-    from ..adapters import prepare_model
-    from ..evaluation.runner import evaluate
-    from ..models.build import load_backbone
-    from ..tasks import build_task
+    from unitrans_ds.adapters import prepare_model
+    from unitrans_ds.evaluation.runner import evaluate
+    from unitrans_ds.models.build import load_backbone
+    from unitrans_ds.tasks import build_task
 
     rank, world, _ = init_distributed()
     backbone = load_backbone(cfg.model, cfg.task, seed=cfg.train.seed)

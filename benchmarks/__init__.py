@@ -1,0 +1,1 @@
+"""Benchmarks of unitrans_ds: scripts (`python benchmarks/bench_*.py`) and the transfer suite (`python -m benchmarks.transfer`)."""

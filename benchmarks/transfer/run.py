@@ -1,0 +1,248 @@
+"""Transfer benchmark: every method on every task of the synthetic `scenes` world, tiny BLIPs pretrained on domain A
+adapted to domain B, over seeds, with paired statistics.
+
+    python -m benchmarks.transfer [--tasks ...] [--methods ...] [--seeds 0 1 2 3 4] [--workers 2]
+                                  [--max_steps 200] [--out benchmarks/results] [--no_sweep]
+
+Phases, each resumable (`runs.jsonl` holds every finished run; a rerun skips what it holds at the same budget):
+1. **select**: every trained method at every learning rate of its grid (`suite.py`), first seed, domain B val;
+   the best val metric picks the method's lr per task.
+2. **report**: every method at its chosen lr, every seed, domain B test (`frozen`: one evaluation).
+3. **sweep**: `unitrans` and `lora` at ranks 2..32, every seed, image retrieval, test, at the lr chosen at the
+   main rank.
+A seed sets the shared matrices' seed, the training seed and the data order. Runs go through the project's
+`Trainer`, one rank each, in `--workers` processes (one CPU thread each: results do not depend on it). Each is an
+MLflow run in the experiment `unitrans-transfer`.
+
+Writes to `--out`: `runs.jsonl`, `transfer.md` (main table, ablation ladder with paired 95% intervals, chosen lrs,
+gap check), `transfer.csv`, `rank_sweep.png` / `.csv`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+
+from unitrans_ds.cli import ArgumentParser
+
+from .execute import Budget, Inputs, Job, run_job
+from .records import RunRecord, append_record, load_records
+from .suite import SWEEP_RANKS, SWEEP_VARIANTS, TASKS, VARIANTS
+from .tables import ablation_table, chosen_lr_table, gap_lines, main_table, plot_rank_sweep, write_csv
+
+
+def select_jobs(tasks: list[str], methods: list[str], seed: int, rank: int, fixed_lr: float | None) -> list[Job]:
+    if fixed_lr is not None:
+        return []
+    return [
+        Job("select", t, m, seed, rank, lr, "val")
+        for t in tasks
+        for m in methods
+        if m != "frozen" and VARIANTS[m].applies_to(TASKS[t])
+        for lr in VARIANTS[m].lr_grid
+    ]
+
+
+def choose_lrs(records: list[RunRecord], fixed_lr: float | None) -> dict[tuple[str, str], float]:
+    """(task, method) -> the grid lr with the best val metric (ties: the smaller lr), or `fixed_lr` everywhere."""
+    best: dict[tuple[str, str], tuple[float, float]] = {}
+    for r in records:
+        if r.phase == "select":
+            key = (r.task, r.method)
+            if key not in best or (r.value, -r.lr) > (best[key][0], -best[key][1]):
+                best[key] = (r.value, r.lr)
+    if fixed_lr is not None:
+        return {k: fixed_lr for k in best} | {(t, m): fixed_lr for t in TASKS for m in VARIANTS if m != "frozen"}
+    return {k: lr for k, (_, lr) in best.items()}
+
+
+def report_jobs(
+    tasks: list[str], methods: list[str], seeds: list[int], rank: int, chosen: dict[tuple[str, str], float]
+) -> list[Job]:
+    jobs = []
+    for s in seeds:  # seed-major: an interrupted benchmark has every cell at the first seeds
+        for t in tasks:
+            for m in methods:
+                if not VARIANTS[m].applies_to(TASKS[t]):
+                    continue
+                if m == "frozen":
+                    if s == seeds[0]:
+                        jobs.append(Job("report", t, m, s, rank, None, "test"))
+                elif (t, m) in chosen:
+                    jobs.append(Job("report", t, m, s, rank, chosen[(t, m)], "test"))
+    return jobs
+
+
+def sweep_jobs(seeds: list[int], ranks: list[int], main_rank: int, chosen: dict[tuple[str, str], float]) -> list[Job]:
+    return [
+        Job("report", "image_retrieval", m, s, r, chosen[("image_retrieval", m)], "test")
+        for r in ranks
+        if r != main_rank
+        for s in seeds
+        for m in SWEEP_VARIANTS
+        if ("image_retrieval", m) in chosen
+    ]
+
+
+# ---------------------------------------------------------------------- running jobs
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _work(args: tuple[Job, Inputs]) -> RunRecord:
+    return run_job(*args)
+
+
+def run_all(jobs: list[Job], inputs: Inputs, workers: int, runs_file: Path, records: list[RunRecord]) -> None:
+    """Run `jobs` (in this process, or in `workers` processes), appending each record as it finishes."""
+    if not jobs:
+        return
+    t0 = time.perf_counter()
+
+    def done(i: int, record: RunRecord) -> None:
+        append_record(runs_file, record)
+        records.append(record)
+        eta = (time.perf_counter() - t0) / i * (len(jobs) - i)
+        print(
+            f"[transfer] {i}/{len(jobs)} {record.phase:<6} {record.task:<16} {record.method:<18} r{record.rank:<3}"
+            f"lr {record.lr} seed {record.seed} {record.split}: {record.metric} {record.value:.3f} "
+            f"({record.seconds:.0f} s; eta {eta / 60:.0f} min)",
+            flush=True,
+        )
+
+    if workers <= 1:
+        for i, job in enumerate(jobs, 1):
+            done(i, run_job(job, inputs))
+        return
+    # Each worker process holds its own one-rank gloo group and runs jobs one after another; spawn, not fork:
+    # a forked child would inherit this process's torch threads and any group.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=_worker_init, maxtasksperchild=8) as pool:
+        for i, record in enumerate(pool.imap_unordered(_work, [(j, inputs) for j in jobs]), 1):
+            done(i, record)
+
+
+def _pending(jobs: list[Job], records: list[RunRecord]) -> list[Job]:
+    have = {r.key() for r in records}
+    return [j for j in jobs if j.key() not in have]
+
+
+# ---------------------------------------------------------------------- report
+def write_report(records: list[RunRecord], args: argparse.Namespace, chosen: dict, out: Path) -> str:
+    tasks, methods = list(args.tasks), list(args.methods)
+    parts = [
+        "## Main table", "", *main_table(records, tasks, methods, args.rank, len(args.seeds)), "",
+        "## Ablation ladder (paired over seeds)", "", *ablation_table(records, tasks, args.rank), "",
+        "## Learning rates chosen on domain B val (first seed)", "", *chosen_lr_table(chosen, tasks, methods), "",
+        "## Frozen-to-full gap against seed noise (bar: gap >= 5 x the larger std of full and unitrans)", "",
+        *gap_lines(records, tasks, args.rank), "",
+        f"Budget: {Budget(args.max_steps, args.batch).tag()}; synthetic data (`scenes`), tiny BLIPs: not the paper's "
+        "benchmarks.",
+    ]  # fmt: skip
+    md = "\n".join(parts) + "\n"
+    (out / "transfer.md").write_text(md)
+    write_csv(records, out, tasks, methods, args.rank)
+    if not args.no_sweep and "image_retrieval" in tasks:
+        ranks = sorted({*args.sweep_ranks, args.rank})
+        plot_rank_sweep(records, "image_retrieval", ranks, [m for m in SWEEP_VARIANTS if m in methods], out)
+    return md
+
+
+def log_summary(out: Path, tracking_uri: str | None, params: dict) -> str | None:
+    """One MLflow run in the benchmark's experiment holding the tables, runs.jsonl and the plot as artifacts."""
+    from unitrans_ds.config.schema import TrackingConfig
+    from unitrans_ds.tracking import build_tracker
+
+    from .execute import EXPERIMENT
+
+    tracker = build_tracker(TrackingConfig(experiment=EXPERIMENT, tracking_uri=tracking_uri), 0, out / "summary_run")
+    run_id = tracker.start("transfer-summary", {"kind": "summary"}, params)
+    for name in ("transfer.md", "transfer.csv", "runs.jsonl", "rank_sweep.png", "rank_sweep.csv"):
+        if (out / name).is_file():
+            tracker.log_artifact(out / name)
+    tracker.finish("FINISHED")
+    return run_id
+
+
+# ---------------------------------------------------------------------- command line
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = ArgumentParser(
+        prog="python -m benchmarks.transfer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="rows (default: all)")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS), help="tasks (default: all)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)")
+    p.add_argument("--max_steps", type=int, default=Budget.max_steps, help="optimizer steps per trained run")
+    p.add_argument("--batch", type=int, default=Budget.batch, help="samples per optimizer step")
+    p.add_argument("--rank", type=int, default=16, help="adapter rank of the main table (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=None, help="one lr for every method: skips the lr selection")
+    p.add_argument("--sweep_ranks", nargs="+", type=int, default=list(SWEEP_RANKS), help="ranks of the sweep")
+    p.add_argument("--no_sweep", action="store_true", help="skip the rank sweep")
+    p.add_argument("--workers", type=int, default=1, help="processes running jobs side by side (one thread each)")
+    p.add_argument("--out", default="benchmarks/results", help="tables, runs.jsonl, plot (default: %(default)s)")
+    p.add_argument("--pretrained", default="pretrained", help="folder with tiny-blip-{retrieval,captioning,vqa}/")
+    p.add_argument("--shards", default="shards/scenes", help="scenes shards root (image_b/, video_b/)")
+    p.add_argument("--run_root", default="runs/transfer", help="trainer run folders (adapters, eval outputs)")
+    p.add_argument(
+        "--tracking_uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)"
+    )
+    p.add_argument("--ds_config", default="ds_configs/zero0.json", help="DeepSpeed JSON (one rank)")
+    p.add_argument("--fresh", action="store_true", help="ignore (and delete) the runs already in runs.jsonl")
+    return p.parse_args(argv)
+
+
+def check_inputs(args: argparse.Namespace) -> str | None:
+    pretrained, shards = Path(args.pretrained), Path(args.shards)
+    for t in args.tasks:
+        folder = pretrained / f"tiny-blip-{TASKS[t].backbone}"
+        if not (folder / "config.json").is_file():
+            return f"{folder} is not a save_pretrained folder; run `python -m benchmarks.transfer.pretrain` first"
+        for split in ("train", "val", "test"):
+            if not (shards / TASKS[t].shards / split / "manifest.json").is_file():
+                return f"{shards / TASKS[t].shards / split} holds no manifest.json; run ./shards/make_scenes.sh first"
+    if args.workers < 1:
+        return f"--workers must be >= 1, got {args.workers}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    problem = check_inputs(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_file = out / "runs.jsonl"
+    if args.fresh and runs_file.exists():
+        runs_file.unlink()
+    budget = Budget(args.max_steps, args.batch)
+    inputs = Inputs(args.pretrained, args.shards, args.run_root, args.tracking_uri, args.ds_config, budget)
+    records = load_records(runs_file, budget.tag())
+    methods, tasks, seeds = list(args.methods), list(args.tasks), list(args.seeds)
+    t0 = time.perf_counter()
+
+    select = _pending(select_jobs(tasks, methods, seeds[0], args.rank, args.lr), records)
+    print(f"[transfer] select: {len(select)} runs to go; {len(records)} runs already in {runs_file}", flush=True)
+    run_all(select, inputs, args.workers, runs_file, records)
+    chosen = choose_lrs(records, args.lr)
+
+    report = report_jobs(tasks, methods, seeds, args.rank, chosen)
+    if not args.no_sweep and "image_retrieval" in tasks:
+        report += sweep_jobs(seeds, args.sweep_ranks, args.rank, chosen)
+    report = _pending(report, records)
+    print(f"[transfer] report and sweep: {len(report)} runs to go", flush=True)
+    run_all(report, inputs, args.workers, runs_file, records)
+
+    md = write_report(records, args, chosen, out)
+    params = {"methods": " ".join(methods), "tasks": " ".join(tasks), "seeds": " ".join(map(str, seeds)),
+              "budget": budget.tag(), "rank": args.rank, "lr": args.lr}  # fmt: skip
+    log_summary(out, args.tracking_uri, params)
+    print(md)
+    print(f"[transfer] done in {time.perf_counter() - t0:.0f} s; results in {out}/", flush=True)
+    return 0

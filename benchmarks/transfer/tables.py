@@ -1,0 +1,163 @@
+"""The benchmark's report: the main table, the ablation ladder with paired intervals, the chosen learning rates,
+the gap check per task, `transfer.csv`, and the rank sweep plot (`rank_sweep.png` / `.csv`)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from .records import RunRecord
+from .stats import Cell, cell, gap_check, paired
+from .suite import ABLATION_STEPS, TASKS, VARIANTS
+
+
+def digits(metric: str) -> int:
+    return 3 if metric == "cider" else 1  # CIDEr lives near 0..3, recalls and accuracies in percent
+
+
+def per_seed(records: list[RunRecord], task: str, method: str, rank: int) -> dict[int, float]:
+    """{seed: value} of the report runs of (task, method) at `rank` (frozen and full have no rank)."""
+    return {
+        r.seed: r.value
+        for r in records
+        if r.phase == "report"
+        and r.task == task
+        and r.method == method
+        and (r.rank == rank or method in ("frozen", "full"))
+    }
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
+def main_table(records: list[RunRecord], tasks: list[str], methods: list[str], rank: int, seeds: int) -> list[str]:
+    head = ["method", *(f"{TASKS[t].label} ({TASKS[t].metric})" for t in tasks), "trainable (image retrieval)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        row = [m]
+        for t in tasks:
+            if not VARIANTS[m].applies_to(TASKS[t]):
+                row.append("n/a")
+                continue
+            values = per_seed(records, t, m, rank)
+            row.append(cell(list(values.values())).text(digits(TASKS[t].metric)) if values else "-")
+        params = next((r for r in records if r.method == m and r.phase == "report" and r.rank == rank), None)
+        row.append(f"{_fmt_params(params.trainable)} ({100 * params.trainable / params.total:.2f}%)" if params else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    note = (
+        f"Mean ± std over {seeds} seeds on domain B test (frozen: one evaluation, nothing random); rank {rank}; "
+        "n/a: the method's component does not exist for the task (captioning has no fusion branch, so no QASN; "
+        "MCAM is a retrieval loss)."
+    )
+    return [note, "", *lines]
+
+
+def ablation_table(records: list[RunRecord], tasks: list[str], rank: int) -> list[str]:
+    head = ["step", *(TASKS[t].label for t in tasks)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for before, after in ABLATION_STEPS:
+        row = [f"{before} -> {after}"]
+        for t in tasks:
+            if not (VARIANTS[before].applies_to(TASKS[t]) and VARIANTS[after].applies_to(TASKS[t])):
+                row.append("n/a")
+                continue
+            p = paired(per_seed(records, t, before, rank), per_seed(records, t, after, rank))
+            row.append("-" if p is None else p.text(digits(TASKS[t].metric)) + (" *" if p.significant else ""))
+        lines.append("| " + " | ".join(row) + " |")
+    note = (
+        "Paired difference (after - before) over the seeds both ran, with its 95% t-interval; * = the interval "
+        "excludes 0."
+    )
+    return [note, "", *lines]
+
+
+def chosen_lr_table(chosen: dict[tuple[str, str], float], tasks: list[str], methods: list[str]) -> list[str]:
+    head = ["method", *(TASKS[t].label for t in tasks), "grid"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        if m == "frozen":
+            continue
+        row = [m] + [f"{chosen[(t, m)]:g}" if (t, m) in chosen else "n/a" for t in tasks]
+        lines.append("| " + " | ".join([*row, " ".join(f"{x:g}" for x in VARIANTS[m].lr_grid)]) + " |")
+    return lines
+
+
+def gap_lines(records: list[RunRecord], tasks: list[str], rank: int) -> list[str]:
+    def c(t: str, m: str) -> Cell | None:
+        values = per_seed(records, t, m, rank)
+        return cell(list(values.values())) if values else None
+
+    out = []
+    for t in tasks:
+        check = gap_check(c(t, "frozen"), c(t, "full"), c(t, "unitrans"))
+        if check is not None:
+            out.append(f"- {TASKS[t].label}: {check.text(digits(TASKS[t].metric))}")
+    return out
+
+
+def write_csv(records: list[RunRecord], out: Path, tasks: list[str], methods: list[str], rank: int) -> None:
+    with (out / "transfer.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "task", "metric", "mean", "std", "n_seeds", "trainable_params", "total_params"])
+        for m in methods:
+            for t in tasks:
+                values = per_seed(records, t, m, rank)
+                if values:
+                    c = cell(list(values.values()))
+                    r = next(x for x in records if x.task == t and x.method == m and x.phase == "report")
+                    w.writerow([m, t, TASKS[t].metric, f"{c.mean:.4f}", f"{c.std:.4f}", c.n, r.trainable, r.total])
+
+
+def plot_rank_sweep(records: list[RunRecord], task: str, ranks: list[int], methods: list[str], out: Path):
+    """`rank_sweep.png` + `.csv`: mean ± std over seeds against rank; frozen and full drawn as bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = TASKS[task].metric
+    fig, (ax_m, ax_p) = plt.subplots(1, 2, figsize=(11, 4))
+    rows = []
+    for method, marker in zip(methods, "os^v"):
+        pts = []
+        for r in ranks:
+            values = per_seed(records, task, method, r)
+            if values:
+                c = cell(list(values.values()))
+                trainable = next(x.trainable for x in records if x.task == task and x.method == method and x.rank == r)
+                pts.append((r, c, trainable))
+                rows.append([method, r, f"{c.mean:.4f}", f"{c.std:.4f}", c.n, trainable])
+        if pts:
+            xs = [p[0] for p in pts]
+            ax_m.errorbar(xs, [p[1].mean for p in pts], yerr=[p[1].std for p in pts], marker=marker, capsize=3,
+                          label=method)  # fmt: skip
+            ax_p.plot(xs, [p[2] for p in pts], marker=marker, label=method)
+    if not rows:
+        plt.close(fig)
+        return None
+    for method, colour in (("frozen", "tab:gray"), ("full", "tab:green")):
+        values = per_seed(records, task, method, 0)
+        if values:
+            c = cell(list(values.values()))
+            ax_m.axhspan(c.mean - c.std, c.mean + c.std, color=colour, alpha=0.2)
+            ax_m.axhline(c.mean, color=colour, linestyle="--", label=f"{method} (mean ± std)")
+    for ax in (ax_m, ax_p):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ranks, [str(r) for r in ranks])
+        ax.set_xlabel("rank r")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_m.set_ylabel(f"{TASKS[task].label} {metric} (domain B test)")
+    ax_p.set_ylabel("trainable parameters")
+    ax_p.set_yscale("log")
+    fig.suptitle(f"Rank sweep, {TASKS[task].label} (tiny BLIP, synthetic scenes A -> B)")
+    fig.tight_layout()
+    png = out / "rank_sweep.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    with (out / "rank_sweep.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "rank", metric, "std", "n_seeds", "trainable_params"])
+        w.writerows(rows)
+    return png

@@ -1,0 +1,97 @@
+"""The transfer benchmark's commands (`python -m benchmarks.transfer`, `python -m benchmarks.transfer.pretrain`), and a
+smoke slice of the real benchmark (the CI slice: two methods, two seeds, a few steps, on small scenes shards made
+here). Its plan, statistics and tables: tests/unit/test_transfer_stats.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.transfer import pretrain
+from benchmarks.transfer.records import RunRecord
+from benchmarks.transfer.suite import TASKS
+
+REPO = Path(__file__).resolve().parents[2]
+PRETRAINED = REPO / "pretrained"
+
+
+def rec(task, method, value, seed=0, rank=16, phase="report", lr=0.01, split="test", trainable=100) -> RunRecord:
+    return RunRecord(task, method, seed, split, TASKS[task].metric, value, trainable, 1000, lr, rank, 10, phase, "b")
+
+
+# ---------------------------------------------------------------------- commands
+def test_help_of_both_commands():
+    for module in ("benchmarks.transfer.pretrain", "benchmarks.transfer"):
+        out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True)
+        assert out.returncode == 0 and "usage:" in out.stdout, out.stderr
+
+
+def test_benchmark_refuses_a_missing_pretrained_folder(tmp_path):
+    cmd = [sys.executable, "-m", "benchmarks.transfer", "--pretrained", str(tmp_path / "nope"), "--out", str(tmp_path)]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "benchmarks.transfer.pretrain" in out.stderr and "nope" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_pretrain_config_trains_everything_on_domain_a_without_flips(tmp_path):
+    cfg = pretrain.pretrain_config("vqa", pretrain.RECIPES["vqa"], "shards/scenes/image_a/train", tmp_path)
+    assert cfg.method.name == "full" and cfg.task == "vqa"
+    assert cfg.data.train_shards.endswith("image_a/train") and cfg.data.val_shards is None
+    assert cfg.data.hflip is False and cfg.data.randaugment is False and cfg.train.cpu_threads == 1
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The CI slice: frozen and unitrans on image retrieval, 2 seeds, 3 steps, small scenes shards."""
+    if not (PRETRAINED / "tiny-blip-retrieval" / "model.safetensors").is_file():
+        pytest.skip("pretrained/ not built yet")
+    root = tmp_path_factory.mktemp("transfer")
+    for split, n in (("train", 64), ("val", 16), ("test", 16)):
+        subprocess.run(
+            [sys.executable, "-m", "unitrans_ds.make_shards", "--format", "scenes", "--domain", "b", "--split", split,
+             "--num_samples", str(n), "--shard_size", "32", "--image_size", "64", "--seed", "0", "--no_progress",
+             "--out", str(root / "shards" / "image_b" / split)],
+            check=True, cwd=REPO, capture_output=True,
+        )  # fmt: skip
+    cmd = [
+        sys.executable, "-m", "benchmarks.transfer", "--methods", "frozen", "unitrans", "--tasks", "image_retrieval",
+        "--seeds", "0", "1", "--max_steps", "3", "--lr", "0.01", "--no_sweep", "--shards", str(root / "shards"),
+        "--out", str(root / "results"), "--run_root", str(root / "runs"),
+        "--tracking_uri", f"sqlite:///{root / 'mlflow.db'}",
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root, proc, cmd, env
+
+
+@pytest.mark.slow
+def test_smoke_slice_writes_runs_tables_and_mlflow_and_resumes(smoke):
+    root, proc, cmd, env = smoke
+    results = root / "results"
+    runs = [json.loads(line) for line in (results / "runs.jsonl").read_text().splitlines()]
+    assert sorted((r["method"], r["seed"], r["steps"]) for r in runs) == [
+        ("frozen", 0, 0),
+        ("unitrans", 0, 3),
+        ("unitrans", 1, 3),
+    ]
+    for r in runs:  # the fields issue 10 names
+        assert {"task", "method", "seed", "split", "metric", "value", "trainable", "total"} <= set(r)
+        assert r["split"] == "test" and r["metric"] == "r_mean"
+    md = (results / "transfer.md").read_text()
+    assert "| unitrans |" in md and "synthetic" in md
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("unitrans-transfer")
+    found = client.search_runs([exp.experiment_id])
+    assert len(found) == 4 and all(r.info.status == "FINISHED" for r in found)  # 3 runs + the summary
+    # resumable: a rerun finds every run in runs.jsonl and trains nothing
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0 and "report and sweep: 0 runs to go" in again.stdout, again.stderr[-2000:]
+    assert len((results / "runs.jsonl").read_text().splitlines()) == 3

@@ -1,0 +1,88 @@
+"""The transfer benchmark's plan, statistics and tables (`benchmarks/transfer/`), from records made here."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from benchmarks.transfer.records import RunRecord
+from benchmarks.transfer.run import choose_lrs, report_jobs, select_jobs, sweep_jobs
+from benchmarks.transfer.stats import cell, gap_check, paired
+from benchmarks.transfer.suite import TASKS, VARIANTS
+from benchmarks.transfer.tables import ablation_table, main_table, plot_rank_sweep
+
+
+def rec(task, method, value, seed=0, rank=16, phase="report", lr=0.01, split="test", trainable=100) -> RunRecord:
+    return RunRecord(task, method, seed, split, TASKS[task].metric, value, trainable, 1000, lr, rank, 10, phase, "b")
+
+
+# ---------------------------------------------------------------------- statistics
+def test_paired_difference_and_its_t_interval():
+    p = paired({0: 10.0, 1: 20.0, 2: 30.0}, {0: 11.0, 1: 22.0, 2: 33.0, 3: 99.0})  # seed 3 has no partner
+    assert p.n == 3 and p.mean == pytest.approx(2.0)
+    half = 4.302652729911275 * 1.0 / 3**0.5  # t(0.975, df=2) * sd(1, 2, 3) / sqrt(3)
+    assert (p.lo, p.hi) == pytest.approx((2.0 - half, 2.0 + half))
+    assert not p.significant  # the interval [-0.48, 4.48] holds 0
+    assert paired({0: 1.0, 1: 1.0, 2: 1.0}, {0: 2.0, 1: 2.1, 2: 2.2}).significant
+    assert paired({0: 1.0}, {1: 2.0}) is None
+
+
+def test_gap_check_compares_the_gap_with_five_seed_stds():
+    frozen, full = cell([10.0]), cell([30.0, 31.0, 29.0])  # std 1
+    assert gap_check(frozen, full, cell([14.0, 22.0, 30.0])).ok is False  # gap 20 < 5 x unitrans std 8
+    assert gap_check(frozen, full, cell([20.0, 24.0, 22.0])).ok is True  # 20 >= 5 x 2
+    assert gap_check(frozen, None, full) is None
+
+
+# ---------------------------------------------------------------------- plan
+def test_components_a_task_lacks_are_not_run():
+    assert not VARIANTS["vcra+qasn"].applies_to(TASKS["captioning"])  # no fusion branch
+    assert not VARIANTS["vcra+mcam"].applies_to(TASKS["vqa"]) and VARIANTS["vcra+mcam"].applies_to(
+        TASKS["video_retrieval"]
+    )
+    jobs = select_jobs(["captioning"], list(VARIANTS), seed=0, rank=16, fixed_lr=None)
+    assert {j.method for j in jobs} == {"full", "lora", "scaling-vectors", "vcra (frozen A/B)", "vcra", "unitrans"}
+    assert all(j.split == "val" and j.seed == 0 for j in jobs)
+    assert len(jobs) == 6 * 3  # every lr of each grid
+
+
+def test_the_best_val_lr_is_chosen_and_used_at_every_seed_and_rank():
+    records = [rec("image_retrieval", "lora", v, lr=lr, phase="select", split="val")
+               for lr, v in ((3e-4, 10.0), (1e-3, 14.0), (3e-3, 12.0))]  # fmt: skip
+    chosen = choose_lrs(records, None)
+    assert chosen == {("image_retrieval", "lora"): 1e-3}
+    jobs = report_jobs(["image_retrieval"], ["frozen", "lora"], [0, 1, 2], 16, chosen)
+    assert [(j.method, j.seed, j.lr) for j in jobs] == [("frozen", 0, None), ("lora", 0, 1e-3), ("lora", 1, 1e-3),
+                                                       ("lora", 2, 1e-3)]  # fmt: skip
+    sweep = sweep_jobs([0, 1], [4, 16], 16, chosen)
+    assert {(j.rank, j.seed, j.lr) for j in sweep} == {(4, 0, 1e-3), (4, 1, 1e-3)}  # the main rank is not rerun
+
+
+# ---------------------------------------------------------------------- tables
+def test_main_table_writes_n_a_and_mean_std_and_ablation_pairs_by_seed():
+    records = [rec("image_retrieval", "frozen", 10.0, trainable=0)]
+    for s, (v, q) in enumerate(((20.0, 23.0), (22.0, 24.0), (24.0, 28.0))):
+        records += [rec("image_retrieval", "vcra", v, seed=s), rec("image_retrieval", "vcra+qasn", q, seed=s)]
+    lines = main_table(records, ["image_retrieval", "captioning"], ["frozen", "vcra", "vcra+qasn"], 16, 3)
+    row = next(line for line in lines if line.startswith("| vcra+qasn |"))
+    assert "25.0 ± 2.6" in row and "| n/a |" in row  # captioning has no QASN
+    ladder = ablation_table(records, ["image_retrieval"], 16)
+    step = next(line for line in ladder if line.startswith("| vcra -> vcra+qasn |"))
+    assert "+3.0 [" in step  # differences 3, 2, 4: mean 3
+
+
+def test_rank_sweep_plot_with_error_bars_and_bands(tmp_path):
+    from PIL import Image
+
+    records = [rec("image_retrieval", m, 10.0 + r + s, seed=s, rank=r, trainable=r * k)
+               for m, k in (("unitrans", 10), ("lora", 1000)) for r in (2, 4, 8) for s in (0, 1)]  # fmt: skip
+    records += [rec("image_retrieval", "frozen", 5.0, trainable=0), rec("image_retrieval", "full", 30.0, seed=0),
+                rec("image_retrieval", "full", 32.0, seed=1)]  # fmt: skip
+    png = plot_rank_sweep(records, "image_retrieval", [2, 4, 8], ["unitrans", "lora"], tmp_path)
+    assert png is not None and Image.open(png).format == "PNG"
+    rows = list(csv.DictReader((tmp_path / "rank_sweep.csv").open()))
+    assert [(r["method"], int(r["rank"]), int(r["n_seeds"])) for r in rows] == [
+        (m, r, 2) for m in ("unitrans", "lora") for r in (2, 4, 8)
+    ]
+    assert float(rows[0]["std"]) == pytest.approx(0.7071, abs=1e-4)
