@@ -236,7 +236,7 @@ def sanity_check(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(
-        prog="python -m unitrans_ds.demo.pretrain",
+        prog="python -m benchmarks.transfer.pretrain",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
