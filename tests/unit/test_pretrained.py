@@ -1,0 +1,31 @@
+"""The committed tiny BLIPs (`pretrained/`): within the weight budget, and plain HF BLIP folders that load whole."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.transfer import pretrain
+
+PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained"
+TASKS = ("retrieval", "captioning", "vqa")
+
+
+def test_committed_weights_fit_the_25_mb_budget():
+    total = sum(f.stat().st_size for f in PRETRAINED.rglob("*") if f.is_file())
+    assert total < 25 * 2**20, f"pretrained/ holds {total / 2**20:.1f} MiB, over the 25 MB budget (issue 10)"
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_each_backbone_loads_as_plain_blip_with_its_record(task):
+    from unitrans_ds.config.schema import ModelConfig
+    from unitrans_ds.models.build import load_backbone
+
+    folder = PRETRAINED / pretrain.folder_name(task)
+    backbone = load_backbone(ModelConfig(init_from=str(folder)), task)
+    assert backbone.newly_initialized == [], f"{folder} lacks weights: {backbone.newly_initialized[:5]}"
+    assert not any(n.startswith("unitrans") for n, _ in backbone.model.named_parameters())
+    record = json.loads((folder / "pretrain.json").read_text())
+    assert record["task"] == task and record["steps"] > 0
