@@ -1,6 +1,6 @@
 """Pretrain the tiny BLIP backbones: full training on domain A of `scenes`, one model per task class.
 
-    python -m benchmarks.transfer.pretrain [--tasks retrieval captioning vqa] [--out pretrained] [--epochs N]
+    python -m benchmarks.transfer.pretrain [--tasks retrieval captioning vqa] [--out pretrained/scenes] [--epochs N]
 
 Each task class (`BlipForImageTextRetrieval`, `BlipForConditionalGeneration`, `BlipForQuestionAnswering`) is
 trained with `method.name=full` on `<shards>/image_a/train` by the project's own `Trainer` (in this process, one
@@ -65,12 +65,11 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     # 12000 captions per epoch on image_a/train (3000 images x 4), 24000 questions (8 per image)
-    # Retrieval starts from the retrieval model pretrained on `shapes` A (same look as scenes A, fewer colours and
-    # shapes; kept in pretrained/stage1/): from a random init at lr 1e-3 ITC sat at its chance value for 225 steps
-    # and then oscillated, while this start learned from the first steps at lr 5e-4 (ITC 3.47 -> 2.52 in 250).
-    "retrieval": Recipe(
-        epochs=6, lr=5e-4, batch=32, warmup_steps=50, init_from="pretrained/stage1/tiny-blip-retrieval-shapes"
-    ),
+    # Retrieval starts from the retrieval model pretrained on `shapes` A (stage 1: the demo's committed
+    # pretrained/tiny-blip-retrieval, same look as scenes A with fewer colours and shapes): from a random init at lr
+    # 1e-3 ITC sat at its chance value for 225 steps and then oscillated, while this start learned from the first
+    # steps at lr 5e-4 (ITC 3.47 -> 2.52 in 250).
+    "retrieval": Recipe(epochs=6, lr=5e-4, batch=32, warmup_steps=50, init_from="pretrained/tiny-blip-retrieval"),
     "captioning": Recipe(epochs=4, lr=1e-3, batch=32, warmup_steps=100),
     "vqa": Recipe(epochs=2, lr=1e-3, batch=32, warmup_steps=100),
 }
@@ -241,7 +240,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS), help="task classes to pretrain")
-    p.add_argument("--out", default="pretrained", help="folder that receives tiny-blip-<task>/ (default: %(default)s)")
+    p.add_argument(
+        "--out", default="pretrained/scenes", help="folder that receives tiny-blip-<task>/ (default: %(default)s)"
+    )
     p.add_argument(
         "--shards",
         default="shards/scenes",

@@ -185,7 +185,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no_sweep", action="store_true", help="skip the rank sweep")
     p.add_argument("--workers", type=int, default=1, help="processes running jobs side by side (one thread each)")
     p.add_argument("--out", default="benchmarks/results", help="tables, runs.jsonl, plot (default: %(default)s)")
-    p.add_argument("--pretrained", default="pretrained", help="folder with tiny-blip-{retrieval,captioning,vqa}/")
+    p.add_argument(
+        "--pretrained", default="pretrained/scenes", help="folder with tiny-blip-{retrieval,captioning,vqa}/"
+    )
     p.add_argument("--shards", default="shards/scenes", help="scenes shards root (image_b/, video_b/)")
     p.add_argument("--run_root", default="runs/transfer", help="trainer run folders (adapters, eval outputs)")
     p.add_argument(

@@ -18,12 +18,19 @@ def test_committed_weights_fit_the_25_mb_budget():
     assert total < 25 * 2**20, f"pretrained/ holds {total / 2**20:.1f} MiB, over the 25 MB budget (issue 10)"
 
 
-@pytest.mark.parametrize("task", TASKS)
-def test_each_backbone_loads_as_plain_blip_with_its_record(task):
+FOLDERS = [
+    (task, root / pretrain.folder_name(task))
+    for root in (PRETRAINED, PRETRAINED / "scenes")  # the demo's (shapes A) and the benchmark's (scenes A)
+    for task in TASKS
+    if (root / pretrain.folder_name(task)).is_dir() or root == PRETRAINED
+]
+
+
+@pytest.mark.parametrize(("task", "folder"), FOLDERS, ids=[str(f.relative_to(PRETRAINED)) for _, f in FOLDERS])
+def test_each_backbone_loads_as_plain_blip_with_its_record(task, folder):
     from unitrans_ds.config.schema import ModelConfig
     from unitrans_ds.models.build import load_backbone
 
-    folder = PRETRAINED / pretrain.folder_name(task)
     backbone = load_backbone(ModelConfig(init_from=str(folder)), task)
     assert backbone.newly_initialized == [], f"{folder} lacks weights: {backbone.newly_initialized[:5]}"
     assert not any(n.startswith("unitrans") for n, _ in backbone.model.named_parameters())
