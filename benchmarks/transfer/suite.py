@@ -38,7 +38,7 @@ TASKS: dict[str, BenchTask] = {
             False,
             "captioning",
             "image_b",
-            "cider",
+            "CIDEr",
             False,
             ("eval.max_length=40", "eval.min_length=8", "eval.prompt=a picture of "),
         ),  # fmt: skip
@@ -54,7 +54,7 @@ TASKS: dict[str, BenchTask] = {
             True,
             ("data.num_frames=4",),
         ),  # fmt: skip
-        BenchTask("video_qa", "video QA", "vqa", True, "vqa", "video_b", "overall", True, ("data.num_frames=4",)),
+        BenchTask("video_qa", "video QA", "vqa", True, "vqa", "video_b", "accuracy", True, ("data.num_frames=4",)),
     )
 }
 
