@@ -82,3 +82,16 @@ def test_clamp_after_step_reaches_the_master_weights(ds_world_of_one, stage, pre
     engine.step()
     with deepspeed.zero.GatheredParameters([temp]) if stage == 3 else torch.no_grad():
         assert temp.item() == 0.5
+
+
+def test_qasn_gets_its_own_lr_when_asked_and_joins_the_vectors_otherwise():
+    cfg, task = _task(**{"optim.qasn_lr": 3e-3})
+    qasn = {id(p) for n, p in task.named_parameters() if ".qasn_" in n and p.requires_grad}
+    assert qasn, "unitrans wraps the fusion layers with QASN"
+    opt = build_optimizer(task, cfg.optim)
+    [group] = [g for g in opt.param_groups if any(id(p) in qasn for p in g["params"])]
+    assert {id(p) for p in group["params"]} == qasn and group["lr"] == 3e-3 and group["weight_decay"] == 0.0
+    cfg, task = _task()  # default null: QASN trains at optim.lr with the other vectors
+    opt = build_optimizer(task, cfg.optim)
+    qasn = {id(p) for n, p in task.named_parameters() if ".qasn_" in n and p.requires_grad}
+    assert all(g["lr"] == cfg.optim.lr for g in opt.param_groups if any(id(p) in qasn for p in g["params"]))
