@@ -16,7 +16,7 @@ from unitrans_ds.models.build import load_backbone, task_model_class
 from unitrans_ds.tasks import TASKS, Dist, TaskSettings, VQATask, answer_weights, build_task, task_class
 
 SIZE = 32
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _task(task: str, method: str = "unitrans", **over):
