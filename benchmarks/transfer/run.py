@@ -98,6 +98,16 @@ def _work(args: tuple[Job, Inputs]) -> RunRecord:
     return run_job(*args)
 
 
+def _init_tracking_store(tracking_uri: str | None) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from .execute import EXPERIMENT
+
+    client = MlflowClient(tracking_uri=tracking_uri)  # None: MLFLOW_TRACKING_URI, else MLflow's default store
+    if client.get_experiment_by_name(EXPERIMENT) is None:
+        client.create_experiment(EXPERIMENT)
+
+
 def run_all(jobs: list[Job], inputs: Inputs, workers: int, runs_file: Path, records: list[RunRecord]) -> None:
     """Run `jobs` (in this process, or in `workers` processes), appending each record as it finishes."""
     if not jobs:
@@ -119,6 +129,9 @@ def run_all(jobs: list[Job], inputs: Inputs, workers: int, runs_file: Path, reco
         for i, job in enumerate(jobs, 1):
             done(i, run_job(job, inputs))
         return
+    # The MLflow store and experiment are created here, once: workers creating a fresh SQLite store side by side
+    # race on its schema ("table ... already exists").
+    _init_tracking_store(inputs.tracking_uri)
     # Each worker process holds its own one-rank gloo group and runs jobs one after another; spawn, not fork:
     # a forked child would inherit this process's torch threads and any group.
     ctx = multiprocessing.get_context("spawn")

@@ -61,7 +61,7 @@ def smoke(tmp_path_factory):
     cmd = [
         sys.executable, "-m", "benchmarks.transfer", "--methods", "frozen", "unitrans", "--tasks", "image_retrieval",
         "--seeds", "0", "1", "--max_steps", "3", "--lr", "0.01", "--no_sweep", "--shards", str(root / "shards"),
-        "--pretrained", str(PRETRAINED),
+        "--pretrained", str(PRETRAINED), "--workers", "2",  # two worker processes share one fresh MLflow store
         "--out", str(root / "results"), "--run_root", str(root / "runs"),
         "--tracking_uri", f"sqlite:///{root / 'mlflow.db'}",
     ]  # fmt: skip
