@@ -48,14 +48,14 @@ def select_jobs(tasks: list[str], methods: list[str], seed: int, rank: int, fixe
 
 def choose_lrs(records: list[RunRecord], fixed_lr: float | None) -> dict[tuple[str, str], float]:
     """(task, method) -> the grid lr with the best val metric (ties: the smaller lr), or `fixed_lr` everywhere."""
+    if fixed_lr is not None:
+        return {(t, m): fixed_lr for t in TASKS for m in VARIANTS if m != "frozen"}
     best: dict[tuple[str, str], tuple[float, float]] = {}
     for r in records:
         if r.phase == "select":
             key = (r.task, r.method)
             if key not in best or (r.value, -r.lr) > (best[key][0], -best[key][1]):
                 best[key] = (r.value, r.lr)
-    if fixed_lr is not None:
-        return {k: fixed_lr for k in best} | {(t, m): fixed_lr for t in TASKS for m in VARIANTS if m != "frozen"}
     return {k: lr for k, (_, lr) in best.items()}
 
 
