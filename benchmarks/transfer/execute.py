@@ -94,6 +94,7 @@ def run_config(job: Job, inputs: Inputs) -> Config:
         f"train.seed={job.seed}",
         "train.zero_shot_eval=false",
         "train.log_every=50",
+        "train.grad_norms=true",  # each loss part's gradient norm at the log steps (issue 10: MCAM vs ITC vs ITM)
         f"train.output_dir={run_dir}",
         "eval.k_test=16",
         "eval.vqa_k_test=16",

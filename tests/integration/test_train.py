@@ -101,7 +101,11 @@ def test_two_ranks_zero2_each_task_with_mlflow(task, shards, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
     # Retrieval validates at every step (best-adapter selection); the generative tasks, slower to evaluate, test only.
-    extra = ["train.eval_every=1"] if task == "retrieval" else ["data.val_shards=null", "eval.num_beams=2"]
+    extra = (
+        ["train.eval_every=1", "train.grad_norms=true"]
+        if task == "retrieval"
+        else ["data.val_shards=null", "eval.num_beams=2"]
+    )
     args = [f"task={task}", "tracking.experiment=it", *common(shards, out), *extra]
     proc = launch(args, ranks=2, env={"MLFLOW_TRACKING_URI": uri})
     ok(proc)
@@ -131,6 +135,10 @@ def test_two_ranks_zero2_each_task_with_mlflow(task, shards, tmp_path):
     assert m["train/loss"] == pytest.approx(sum(m[k] for k in parts), rel=1e-5)
     if task == "retrieval":  # MCAM is the method's own term: in the objective, not in the comparable loss
         assert m["train/objective"] == pytest.approx(m["train/loss"] + m["train/loss_mcam"], rel=1e-5)
+        # train.grad_norms: each part's gradient norm, of the two ranks' averaged gradient, at every log step
+        norms = {k: m[f"train/grad_norm_{k}"] for k in ("itc", "itm", "mcam")}
+        assert all(0 < v < float("inf") for v in norms.values()), norms
+        assert [h.step for h in client.get_metric_history(run.info.run_id, "train/grad_norm_itc")] == [1, 2, 3]
     assert key in m and f"test_info/{'n_questions' if task == 'vqa' else 'n_images'}" in m
     assert "test_info/eval_seconds" in m and not [k for k in m if k.startswith("test/n_")]
     assert tags["task"] == task and tags["method"] == "unitrans" and tags["dataset"] == "shapes-b"
@@ -182,6 +190,24 @@ def _assert_same_adapters(a_dir: Path, b_dir: Path) -> None:
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after resume")
+
+
+@pytest.mark.slow
+def test_grad_norms_leave_the_training_unchanged_and_zero3_refuses_them(shards, tmp_path, capsys):
+    # autograd.grad before the step's backward must neither write .grad nor fire ZeRO-2's reduction hooks
+    base = [*_no_gap_args(shards, 4), "train.log_every=2"]
+    assert train_in_process([*base, f"train.output_dir={tmp_path / 'plain'}"]) == 0
+    assert train_in_process([*base, f"train.output_dir={tmp_path / 'norms'}", "train.grad_norms=true"]) == 0
+    _assert_same_adapters(tmp_path / "plain", tmp_path / "norms")
+    rows = [json.loads(x) for x in (tmp_path / "norms" / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r for r in rows if "train/grad_norm_itc" in r}
+    assert sorted(logged) == [2, 4] and all(r["train/grad_norm_mcam"] > 0 for r in logged.values())
+    plain = [json.loads(x) for x in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
+    assert not [k for r in plain for k in r if "grad_norm" in k]  # off by default
+
+    capsys.readouterr()
+    rc = train_in_process([*base, f"train.output_dir={tmp_path / 'z3'}", "train.grad_norms=true"], ds="zero3")
+    assert rc == 2 and "train.grad_norms needs ZeRO stage 0, 1 or 2" in capsys.readouterr().err
 
 
 def _no_gap_args(shards: Path, steps: int) -> list[str]:

@@ -203,3 +203,30 @@ def test_two_ranks_equal_one_rank_with_double_batch():
     d = 2 * 16  # image and text features in fp32; then the bf16 tokens, summed over ranks in bf16
     torch.testing.assert_close(got[:, :d], grads1[:, :d], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(got[:, d:], grads1[:, d:], rtol=2e-2, atol=1e-3)
+
+
+def test_loss_grad_norms_match_each_parts_own_backward_and_leave_grad_untouched():
+    from unitrans_ds.engine.grad_norms import loss_grad_norms
+
+    torch.manual_seed(0)
+    layer, frozen = torch.nn.Linear(6, 4), torch.nn.Linear(4, 3)
+    frozen.requires_grad_(False)
+    x = torch.randn(5, 6)
+    h = layer(x)
+    losses = {
+        "loss_a": h.pow(2).mean(),
+        "loss_b": frozen(h).sum(),
+        "loss_c": (layer.bias * 0).sum() + 1.0,  # reaches only the bias, with a zero gradient
+        "loss": h.sum(),  # the objective itself is not a part
+        "loss_fixed": torch.tensor(1.0),  # no graph: not a part
+    }
+    params = list(layer.parameters())
+    norms = loss_grad_norms(losses, params)
+    assert sorted(norms) == ["loss_a", "loss_b", "loss_c"]
+    assert all(p.grad is None for p in params)  # nothing written
+    for name in ("loss_a", "loss_b"):
+        layer.zero_grad(set_to_none=True)
+        losses[name].backward(retain_graph=True)
+        want = torch.cat([p.grad.reshape(-1) for p in params]).norm().item()
+        assert norms[name] == pytest.approx(want, rel=1e-6)
+    assert norms["loss_c"] == 0.0

@@ -232,6 +232,11 @@ class TrainConfig:
     )
     resume: str | None = _help("`auto` resumes from the latest checkpoint in output_dir; or a checkpoint folder.", None)
     log_every: int = _help("Log training metrics every N steps.", 5)
+    grad_norms: bool = _help(
+        "At every log step also log each loss part's gradient norm over the trainable parameters "
+        "(train/grad_norm_itc, _itm, _mcam, ...): one extra backward per part at those steps; ZeRO stage < 3.",
+        False,
+    )
     zero_shot_eval: bool = _help("Evaluate before training, to report the before/after gain.", True)
     vqa_loss: str = _help(
         f"VQA answer loss, one of {', '.join(VQA_LOSSES)}. `blip` (BLIP's recipe): each unique answer weighted by "

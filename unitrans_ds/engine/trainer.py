@@ -37,6 +37,7 @@ from .checkpoint import TrainState
 from .distributed import init_distributed, pin_cpu_threads
 from .ds_config import bf16_supported, resolve_ds_config
 from .eval_model import EvalModel
+from .grad_norms import loss_grad_norms
 from .optim import build_optimizer, build_scheduler, clamp_temperature, temperature_param
 from .run_checkpoints import Checkpoints
 from .stop import EXIT_STOPPED, StopRequest
@@ -118,6 +119,12 @@ class Trainer:
         )
         if self.stage == 3:
             zero3_register_external(self.task.model)
+        if cfg.train.grad_norms and self.stage == 3:
+            raise ConfigError(
+                "train.grad_norms needs ZeRO stage 0, 1 or 2 (stage 3 partitions the parameters, so no rank holds "
+                "a full gradient): set it to false or use ds_configs/zero2.json"
+            )
+        self.trainable = [p for p in self.engine.module.parameters() if p.requires_grad]
         self.temperature = temperature_param(self.engine.module)  # clamped after every optimizer step
         self.tracker = build_tracker(cfg.tracking, self.rank, self.run_dir)
         self.state = TrainState()
@@ -184,7 +191,17 @@ class Trainer:
             self.tracker.log_metrics(metrics, step)
 
     # ------------------------------------------------------------------ the loop
-    def _log_train(self, sums: dict[str, float], n: int, t0: float, samples: int) -> None:
+    def _grad_norms_due(self) -> bool:
+        """The coming micro step ends an optimizer step that will be logged (`train.grad_norms`)."""
+        nxt = self.state.step + 1
+        boundary = (self.state.micro_step + 1) % self.accum == 0
+        return (
+            self.cfg.train.grad_norms and boundary and (nxt % self.cfg.train.log_every == 0 or nxt == self.total_steps)
+        )
+
+    def _log_train(
+        self, sums: dict[str, float], n: int, t0: float, samples: int, grad_norms: dict[str, float] | None = None
+    ) -> None:
         means = mean_over_ranks({k: v / max(n, 1) for k, v in sums.items()}, self.task.device)
         skipped = sum_over_ranks(
             self.skips.totals(), self.task.device, ["shard_read", "bad_json", "incomplete_sample", "image_decode"]
@@ -206,6 +223,8 @@ class Trainer:
             }
         )
         metrics.update({f"train/skipped_{k}": float(v) for k, v in skipped.items()})  # events, per kind
+        # the last micro batch's, already averaged over ranks (engine/grad_norms.py)
+        metrics.update({f"train/grad_norm_{k.removeprefix('loss_')}": v for k, v in (grad_norms or {}).items()})
         self._log_metrics(metrics, self.state.step)
         limit = self.cfg.data.max_skip_fraction
         if loss["lost_fraction"] > limit:  # every rank sees the same gathered numbers and stops alike
@@ -237,17 +256,22 @@ class Trainer:
     def _train_steps(self, stop: StopRequest, bar) -> str:
         cfg = self.cfg.train
         sums: dict[str, float] = {}
+        grad_norms: dict[str, float] = {}
         n, samples, t0 = 0, 0, time.perf_counter()
         self.engine.train()
         while self.state.step < self.total_steps:
             self.train_loader.set_epoch(self.state.epoch, start_step=self.state.step_in_epoch)
             for batch in self.train_loader:
                 self.skips.update(batch)
-                losses = self.engine(batch, step=self.state.micro_step)
+                norms_due = self._grad_norms_due()
+                losses = self.engine(batch, step=self.state.micro_step, keep_parts=norms_due)
                 if not torch.isfinite(losses["loss"]):
                     raise FloatingPointError(
                         f"non-finite loss {losses['loss'].item()} at step {self.state.step}; lower optim.lr or check the data"
                     )
+                if norms_due:  # before the backward that frees the graph
+                    grad_norms = loss_grad_norms(self.task.kept_losses, self.trainable)
+                    self.task.kept_losses = {}
                 self.engine.backward(losses["loss"])
                 self.engine.step()
                 if self.temperature is not None:  # BLIP's range, after the step (a no-op between boundaries)
@@ -266,8 +290,8 @@ class Trainer:
                 bar.update(1)
                 step = self.state.step
                 if step % cfg.log_every == 0 or step == self.total_steps:
-                    self._log_train(sums, n, t0, samples)
-                    sums, n, samples, t0 = {}, 0, 0, time.perf_counter()
+                    self._log_train(sums, n, t0, samples, grad_norms)
+                    sums, grad_norms, n, samples, t0 = {}, {}, 0, 0, time.perf_counter()
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
                     self._log_metrics(self.validation.validate(self.state), step)
                     self.engine.train()

@@ -118,6 +118,7 @@ class Task(nn.Module):
         self.pad_id = tokenizer.pad_token_id
         # HF's BLIP reads the config's image size; another size (video at 224, say) needs interpolated positions.
         self.interpolate = settings.image_size != model.config.vision_config.image_size
+        self.kept_losses: dict[str, torch.Tensor] = {}  # forward(..., keep_parts=True)
 
     @property
     def device(self) -> torch.device:
@@ -173,8 +174,15 @@ class Task(nn.Module):
         """A seed shared by every rank for this step (hard-negative sampling)."""
         return (self.settings.seed * 1_000_003 + step) % (2**63 - 1)
 
-    def forward(self, batch: dict, step: int = 0) -> dict[str, torch.Tensor]:
-        return self.training_step(batch, step)
+    def forward(self, batch: dict, step: int = 0, keep_parts: bool = False) -> dict[str, torch.Tensor]:
+        """The training step's losses. `keep_parts`: also keep them, as computed, in `self.kept_losses`, and return
+        views of them: DeepSpeed hooks the tensors a forward returns and treats any gradient that reaches them as
+        the step's backward, so `engine/grad_norms.py` differentiates the kept, un-hooked ones instead."""
+        losses = self.training_step(batch, step)
+        if not keep_parts:
+            return losses
+        self.kept_losses = losses
+        return {k: v.view_as(v) for k, v in losses.items()}
 
     def training_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
         raise NotImplementedError
