@@ -230,3 +230,48 @@ def test_loss_grad_norms_match_each_parts_own_backward_and_leave_grad_untouched(
         want = torch.cat([p.grad.reshape(-1) for p in params]).norm().item()
         assert norms[name] == pytest.approx(want, rel=1e-6)
     assert norms["loss_c"] == 0.0
+
+
+def _mcam_vs_itc(tau: float, steps: int = 200) -> dict[str, float]:
+    """Partly aligned pairs (B=32, D=64, the spread of S a trained model has): MCAM's gradient norm against ITC's
+    at BLIP's initial temperature, and the mean row std of S before and after `steps` of SGD on MCAM alone."""
+    torch.manual_seed(0)
+    base = torch.randn(32, 64)
+    img, txt = base + 0.8 * torch.randn(32, 64), base + 0.8 * torch.randn(32, 64)
+
+    def grad_norm(loss_fn) -> float:
+        a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
+        grads = torch.autograd.grad(loss_fn(F.normalize(a, dim=-1), F.normalize(b, dim=-1)), [a, b])
+        return torch.cat([g.flatten() for g in grads]).norm().item()
+
+    mcam = MCAMLoss(1, tau=tau)
+    itc = ITCLoss(1)
+    g_mcam = grad_norm(mcam)
+    g_itc = grad_norm(lambda i, t: itc(i, t, torch.arange(32), torch.tensor(0.07))["loss_itc"])
+    a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
+    opt = torch.optim.SGD([a, b], lr=1.0)
+
+    def row_std() -> float:
+        with torch.no_grad():
+            return (F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T).std(dim=1).mean().item()
+
+    before, first = row_std(), None
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = mcam(F.normalize(a, dim=-1), F.normalize(b, dim=-1))
+        first = loss.item() if first is None else first
+        loss.backward()
+        opt.step()
+    return dict(ratio=g_mcam / g_itc, std_before=before, std_after=row_std(), loss_first=first, loss_last=loss.item())
+
+
+def test_mcam_default_tau_keeps_a_gradient_and_does_not_pull_towards_collapse():
+    # Issue 10's check of MCAM's default tau (the ITC temperature, 0.07 at the start). MCAM is zero for any
+    # symmetric S, the collapsed one included, so it could in principle drag S towards collapse, and a too cold
+    # softmax saturates both distributions onto the same argmax and kills its gradient.
+    at_default = _mcam_vs_itc(0.07)
+    assert 0.05 < at_default["ratio"] < 5, at_default  # alive and beside ITC, not dominating it
+    assert at_default["loss_last"] < 0.5 * at_default["loss_first"]  # it does optimise its own consistency
+    assert at_default["std_after"] >= 0.99 * at_default["std_before"], at_default  # ... without shrinking S
+    cold = _mcam_vs_itc(0.01, steps=1)  # the control: this setup can see a vanishing gradient
+    assert cold["ratio"] < 0.01, cold
