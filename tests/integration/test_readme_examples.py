@@ -70,7 +70,7 @@ def test_readme_adapter_snippet_runs_on_hf_blip_with_demo_adapters(tmp_path, mon
     # what the snippet expects to find: the demo image, the pretrained folders and the adapters demo training writes
     with tarfile.open(ROOT / "shards/demo/image_b/test/shard-000000.tar") as tar:
         jpg = next(m for m in tar if m.name.endswith(".jpg"))
-        (tmp_path / "shapes.jpg").write_bytes(tar.extractfile(jpg).read())
+        (tmp_path / "scene.jpg").write_bytes(tar.extractfile(jpg).read())
     (tmp_path / "pretrained").symlink_to(ROOT / "pretrained")
     runs = _demo_configs()
     adapters = re.findall(r'load_adapter\(model, "([^"]+)"\)', code)

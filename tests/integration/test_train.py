@@ -55,6 +55,7 @@ def common(shards: Path, out: Path, steps: int = 3) -> list[str]:
         "train.micro_batch_size=4",
         "train.global_batch_size=8",
         "train.log_every=1",
+        "data.dataset=shapes-b",
         "train.zero_shot_eval=false",
         "model.init_from=tiny",
         "model.image_size=32",

@@ -48,7 +48,7 @@ def test_pretrain_config_trains_everything_on_domain_a_without_flips(tmp_path):
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """The CI slice: frozen and unitrans on image retrieval, 2 seeds, 3 steps, small scenes shards."""
-    if not (PRETRAINED / "tiny-blip-retrieval" / "model.safetensors").is_file():
+    if not (PRETRAINED / "scenes" / "tiny-blip-retrieval" / "model.safetensors").is_file():
         pytest.skip("pretrained/ not built yet")
     root = tmp_path_factory.mktemp("transfer")
     for split, n in (("train", 64), ("val", 16), ("test", 16)):
@@ -61,7 +61,7 @@ def smoke(tmp_path_factory):
     cmd = [
         sys.executable, "-m", "benchmarks.transfer", "--methods", "frozen", "unitrans", "--tasks", "image_retrieval",
         "--seeds", "0", "1", "--max_steps", "3", "--lr", "0.01", "--no_sweep", "--shards", str(root / "shards"),
-        "--pretrained", str(PRETRAINED), "--workers", "2",  # two worker processes share one fresh MLflow store
+        "--pretrained", str(PRETRAINED / "scenes"), "--workers", "2",  # two worker processes share one fresh MLflow store
         "--out", str(root / "results"), "--run_root", str(root / "runs"),
         "--tracking_uri", f"sqlite:///{root / 'mlflow.db'}",
     ]  # fmt: skip

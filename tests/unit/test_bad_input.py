@@ -78,7 +78,7 @@ def test_zero_shard_manifest_and_output_dir_that_is_a_file(tmp_path):
 
 
 def test_corrupted_weights_name_the_file(tmp_path):
-    src = ROOT / "pretrained" / "tiny-blip-retrieval"
+    src = ROOT / "pretrained" / "scenes" / "tiny-blip-retrieval"
     bad = tmp_path / "blip"
     shutil.copytree(src, bad)
     (bad / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes()[:1000])

@@ -84,7 +84,7 @@ def test_demo_config_runs_offline_on_the_demo_shards(name):
     assert (cfg.task, cfg.video, cfg.model.init_from, cfg.model.image_size) == (
         task,
         video,
-        f"pretrained/tiny-blip-{backbone}",
+        f"pretrained/scenes/tiny-blip-{backbone}",
         64,
     )
     folder = "shards/demo/video_b" if video else "shards/demo/image_b"

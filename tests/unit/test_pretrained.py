@@ -18,11 +18,9 @@ def test_committed_weights_fit_the_25_mb_budget():
     assert total < 25 * 2**20, f"pretrained/ holds {total / 2**20:.1f} MiB, over the 25 MB budget (issue 10)"
 
 
-FOLDERS = [
-    (task, root / pretrain.folder_name(task))
-    for root in (PRETRAINED, PRETRAINED / "scenes")  # the demo's (shapes A) and the benchmark's (scenes A)
-    for task in TASKS
-    if (root / pretrain.folder_name(task)).is_dir() or root == PRETRAINED
+# the demo's and the benchmark's (scenes A), and the first stage of the scenes retrieval recipe (shapes A)
+FOLDERS = [(task, PRETRAINED / "scenes" / pretrain.folder_name(task)) for task in TASKS] + [
+    ("retrieval", PRETRAINED / "shapes" / pretrain.folder_name("retrieval"))
 ]
 
 

@@ -22,7 +22,7 @@ from unitrans_ds.models.processor import main as processor_main
 from unitrans_ds.models.processor import save_processor
 
 ROOT = Path(__file__).resolve().parents[2]
-PRETRAINED = sorted((ROOT / "pretrained").glob("tiny-blip-*"))
+PRETRAINED = sorted((ROOT / "pretrained").glob("*/tiny-blip-*"))
 
 
 def _image(size: tuple[int, int] = (50, 37), seed: int = 0) -> Image.Image:

@@ -45,8 +45,8 @@ class ModelConfig:
     init_from: str = _help(
         "Where the backbone comes from: `tiny` (built from `model.tiny`, random weights), a HF hub name such as "
         "`Salesforce/blip-itm-base-coco`, a local `save_pretrained` folder, or an original BLIP/LAVIS `.pth`. "
-        "The embedded default is the committed tiny BLIP pretrained on shapes domain A (pretrained/README.md).",
-        "pretrained/tiny-blip-retrieval",
+        "The embedded default is the committed tiny BLIP pretrained on scenes domain A (pretrained/README.md).",
+        "pretrained/scenes/tiny-blip-retrieval",
     )
     tokenizer: str | None = _help(
         "Tokenizer name or folder. Default: the `init_from` folder/hub name, or the bundled demo vocabulary for "
@@ -131,7 +131,7 @@ class DataConfig:
     num_frames: int = _help("Frames per video clip fed to the model.", 8)
     randaugment: bool = _help(
         "RandAugment(2, 5) in training, as BLIP (the paper configs set true). Off in the embedded demo default: "
-        "its colour operations change the colours the shapes captions name.",
+        "its colour operations change the colours the scenes captions name.",
         False,
     )
     hflip: bool = _help(
@@ -140,7 +140,7 @@ class DataConfig:
         False,
     )
     answer_list: str | None = _help("VQA answer list (JSON list) for rank inference; null builds it from train.", None)
-    dataset: str = _help("Data set name, used for the MLflow tag.", "shapes-b")
+    dataset: str = _help("Data set name, used for the MLflow tag.", "scenes-b")
     max_skip_fraction: float = _help(
         "Training stops with an error once more than this fraction of the training samples (in the manifest) "
         "could not be read or decoded; the end-of-run summary lists every bad shard either way.",
