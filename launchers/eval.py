@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     from unitrans_ds.adapters import read_adapter_config
     from unitrans_ds.config import save_config
     from unitrans_ds.data.manifest import read_split
-    from unitrans_ds.engine.distributed import init_distributed
+    from unitrans_ds.engine.distributed import init_distributed, pin_cpu_threads
     from unitrans_ds.evaluation import evaluate
     from unitrans_ds.tasks import build_task
     from unitrans_ds.tracking import NullTracker
@@ -147,6 +147,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         raise ConfigError(f"data.{args.split}_shards is null: give the folder of the {args.split} shards")
     manifest = read_split(f"data.{args.split}_shards", split_dir)  # read once, handed to the evaluation
     rank, world, local_rank = init_distributed()  # the trainer's: a one-process group without a launcher
+    # as the trainer does: the same numbers as its evaluations, and no OpenMP threads spinning against each other
+    pin_cpu_threads(cfg.train.cpu_threads)
     model, tokenizer, cfg = build_model(cfg, args.adapter, local_rank)
     task = build_task(cfg, model, tokenizer, rank, world).to(next(model.parameters()).device)
     out = Path(args.out) if args.out else default_out(cfg, args.adapter, args.split)

@@ -102,7 +102,7 @@ def test_saved_adapter_plain_python_equals_in_process_and_two_deepspeed_ranks_wi
     proc = run_eval([*base, "--out", str(out)])
     ok(proc)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"txt_r1", "img_r1", "r_mean", "itc_r_mean"} <= set(metrics)
+    assert {"txt_r1", "img_r1", "r_mean", "itc_r_mean", "itc_txt_r1", "itc_img_r1"} <= set(metrics)
     for name in ("i2t_topk.jsonl", "t2i_topk.jsonl", "retrieval_index.json", "config.yaml"):
         assert (out / name).is_file(), name
     assert "image token store" in proc.stdout

@@ -4,6 +4,7 @@ here). Its plan, statistics and tables: tests/unit/test_transfer_stats.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -39,7 +40,10 @@ def test_benchmark_refuses_a_missing_pretrained_folder(tmp_path):
 
 
 def test_pretrain_config_trains_everything_on_domain_a_without_flips(tmp_path):
-    cfg = pretrain.pretrain_config("vqa", pretrain.RECIPES["vqa"], "shards/scenes/image_a/train", tmp_path)
+    first = pretrain.stages(pretrain.RECIPES["vqa"])[0]  # its `{out}/...` start is resolved by pretrain_task
+    recipe = dataclasses.replace(first, init_from=str(tmp_path / "tiny-blip-captioning"))
+    cfg = pretrain.pretrain_config("vqa", recipe, "shards/scenes/image_a/train", tmp_path)
+    assert cfg.model.init_from == recipe.init_from and cfg.optim.lr == first.lr
     assert cfg.method.name == "full" and cfg.task == "vqa"
     assert cfg.data.train_shards.endswith("image_a/train") and cfg.data.val_shards is None
     assert cfg.data.hflip is False and cfg.data.randaugment is False and cfg.train.cpu_threads == 1

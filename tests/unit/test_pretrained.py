@@ -34,3 +34,29 @@ def test_each_backbone_loads_as_plain_blip_with_its_record(task, folder):
     assert not any(n.startswith("unitrans") for n, _ in backbone.model.named_parameters())
     record = json.loads((folder / "pretrain.json").read_text())
     assert record["task"] == task and record["steps"] > 0
+
+
+def test_vqa_from_captioning_fills_every_vqa_weight_from_the_captioning_model(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from unitrans_ds.config.schema import ModelConfig
+    from unitrans_ds.models.build import load_backbone
+
+    caption = PRETRAINED / "scenes" / pretrain.folder_name("captioning")
+    out = pretrain.vqa_from_captioning(caption, tmp_path / "vqa")
+    backbone = load_backbone(ModelConfig(init_from=str(out)), "vqa")
+    assert backbone.newly_initialized == []
+    src = {k: v.float() for k, v in load_file(str(caption / "model.safetensors")).items()}
+    sd = backbone.model.state_dict()
+    layer = "encoder.layer.0.crossattention.self.query.weight"  # the question encoder reads the image from the start
+    torch.testing.assert_close(sd[f"text_encoder.{layer}"], src[f"text_decoder.bert.{layer}"], rtol=0, atol=0)
+    torch.testing.assert_close(sd["vision_model.embeddings.patch_embedding.weight"],
+                               src["vision_model.embeddings.patch_embedding.weight"], rtol=0, atol=0)  # fmt: skip
+    assert (out / "tokenizer.json").is_file() and (out / "preprocessor_config.json").is_file()
+
+
+def test_recipe_stages_chain_from_the_previous_stage():
+    chain = pretrain.stages(pretrain.RECIPES["retrieval"])
+    assert len(chain) == 2 and chain[1].init_from == "{prev}" and all(r.then is None for r in chain)
+    assert chain[0].init_from == "pretrained/shapes/tiny-blip-retrieval"

@@ -204,7 +204,9 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _help("Passes over the training set (2 for the embedded demo: 150 steps).", 2)
+    epochs: int = _help(
+        "Passes over the training set (1 for the embedded demo: 150 steps of 16 over 600 images x 4 captions).", 1
+    )
     max_steps: int | None = _help("Stop after this many optimizer steps (overrides epochs when smaller).", None)
     global_batch_size: int = _help("Samples per optimizer step over all ranks.", 16)
     micro_batch_size: int = _help(

@@ -361,7 +361,14 @@ def score_and_write(c: Candidates, index: GlobalIndex, beta: float, k: int, out_
     s_t2i = _final_scores(c.topk_t2i, c.sims.t(), lambda t, i: itm_of(i, t), beta, (n_txt, n_img))
     metrics = retrieval_metrics(s_i2t, s_t2i, index.img2txt, index.txt2img)
     itc_only = retrieval_metrics(c.sims.numpy(), c.sims.t().numpy(), index.img2txt, index.txt2img)
-    metrics.update(itc_r_mean=itc_only["r_mean"], n_images=float(n_img), n_texts=float(n_txt))
+    # ITC alone, before re-ranking: what the ITM head adds is the difference (issue 10's bar on the backbones)
+    metrics.update(
+        itc_r_mean=itc_only["r_mean"],
+        itc_txt_r1=itc_only["txt_r1"],
+        itc_img_r1=itc_only["img_r1"],
+        n_images=float(n_img),
+        n_texts=float(n_txt),
+    )
     metrics["n_itm_pairs"] = float(len(c.codes))
     _write_outputs(out_dir, index, s_i2t, s_t2i, k)
     return metrics

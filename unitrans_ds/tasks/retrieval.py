@@ -37,7 +37,7 @@ class RetrievalTask(Task):
     uses_temperature = True
     default_best_metric = "r_mean"
     metrics = (
-        *("r_mean", "txt_r_mean", "img_r_mean", "itc_r_mean"),
+        *("r_mean", "txt_r_mean", "img_r_mean", "itc_r_mean", "itc_txt_r1", "itc_img_r1"),
         *("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10"),
     )
     task_loss_parts = ("loss_itc", "loss_itm")
