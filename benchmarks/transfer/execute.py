@@ -79,9 +79,11 @@ def run_config(job: Job, inputs: Inputs) -> Config:
         "data.val_shards=null",
         f"data.test_shards={root / job.split}",
         f"data.dataset=scenes-b{'-video' if bench.video else ''}",
-        # scenes texts name colours and say left/right: no colour operations, no flips
+        # scenes texts name colours, say left/right and name positions and counts: no colour operations, no
+        # flips, no random crops
         "data.randaugment=false",
         "data.hflip=false",
+        "data.min_scale=1.0",
         "data.num_workers=0",
         f"optim.lr={job.lr if job.lr is not None else 1e-3}",
         f"optim.warmup_steps={budget.warmup_steps}",

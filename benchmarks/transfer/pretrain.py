@@ -137,9 +137,11 @@ def pretrain_config(
         "data.val_shards=null",
         "data.test_shards=null",
         "data.dataset=scenes-a",
-        # scenes texts name colours and say left/right: no colour ops, no flips
+        # scenes texts name colours, say left/right and name positions and counts: no colour ops, no flips, no
+        # random crops (the committed backbones were trained before this line, with BLIP's crops: pretrained/README.md)
         "data.randaugment=false",
         "data.hflip=false",
+        "data.min_scale=1.0",
         "data.num_workers=0",
         f"optim.lr={recipe.lr}",
         f"optim.temperature_lr={recipe.temperature_lr or recipe.lr}",
@@ -251,6 +253,7 @@ def pretrain_task(
     threads: int = 1,
     run_name: str | None = None,
     prev: str | Path | None = None,
+    models_root: str | Path | None = None,
 ) -> dict:
     """Full training of the `task` class on domain A, then `save_pretrained` into `<out_root>/tiny-blip-<task>/`.
 
@@ -259,7 +262,8 @@ def pretrain_task(
     from unitrans_ds.engine.trainer import Trainer
 
     run_dir = Path(run_root) / (run_name or task)
-    init = recipe.init_from.format(out=out_root, prev=prev)
+    # `{out}`: the released backbones' folder (--out), also for an earlier stage that writes elsewhere
+    init = recipe.init_from.format(out=models_root or out_root, prev=prev)
     if recipe.init_class == "captioning" and task == "vqa":  # converted beside the run folder, not inside it
         init = str(vqa_from_captioning(init, Path(run_root) / f"{task}_init"))
     elif recipe.init_class is not None:
@@ -366,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[pretrain] {name}: {recipe} on {args.shards}/image_a/train", flush=True)
             record = pretrain_task(
                 task, out, recipe, args.shards, args.ds_config, args.seed, args.run_root, args.track, args.threads,
-                run_name=name, prev=prev,
+                run_name=name, prev=prev, models_root=args.out,
             )  # fmt: skip
             prev = out / folder_name(task)
             if len(chain) > 1:

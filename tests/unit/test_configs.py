@@ -56,6 +56,8 @@ def test_paper_config_follows_the_recipe(name):
     assert cfg.optim.lr == pytest.approx(lr) and cfg.train.epochs == epochs
     assert (cfg.train.micro_batch_size, cfg.train.global_batch_size) == (micro, micro * gpus)
     assert cfg.method.rank == 64
+    # BLIP's training transform: random resized crop from half the area, flips, RandAugment
+    assert (cfg.data.min_scale, cfg.data.hflip, cfg.data.randaugment) == (0.5, True, True)
     if video:
         assert (cfg.data.num_frames, cfg.data.max_words) == (8, 40)
     if task == "retrieval":

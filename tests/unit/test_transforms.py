@@ -247,3 +247,29 @@ def test_truncated_jpeg_still_fails_in_training_as_pil_fails():
     assert _decode_jpeg_rgb(cut, 1) is None  # no end-of-image marker: left to PIL
     with pytest.raises(OSError, match="truncated"):
         TrainTransform(64)(cut, random.Random(0))
+
+
+def test_train_loader_crops_only_when_min_scale_is_below_one(tmp_path):
+    # data.min_scale=1 (the demo default): the training image is the whole picture, as evaluation sees it, so a
+    # caption's "at the top left" and "three shapes" stay true; 0.5 (BLIP) crops, at random
+    from helpers.shardgen import image_sample, write_shards
+
+    from unitrans_ds.config import load_config
+    from unitrans_ds.data.loaders import train_loader_from_config
+
+    one = image_sample(0, random.Random(0))  # four samples of one picture: every row must show all of it
+    samples = [dict(one, __key__=f"img{i:05d}") for i in range(4)]
+    write_shards(tmp_path / "train", samples, 4)
+    whole = normalize_batch(EvalTransform(32)(one["jpg"])[None].copy())[0]
+
+    def distances(min_scale: float) -> list[float]:
+        overrides = [f"data.train_shards={tmp_path / 'train'}", "model.image_size=32", "train.micro_batch_size=4",
+                     "train.global_batch_size=4", f"data.min_scale={min_scale}"]  # fmt: skip
+        loader = train_loader_from_config(load_config(None, overrides), rank=0, world_size=1)
+        pixels = next(iter(loader))["pixel_values"]
+        return [(row - whole).abs().mean().item() for row in pixels]
+
+    assert max(distances(1.0)) < 0.02  # the same resize up to the uint8 kernel's rounding
+    assert min(distances(0.5)) > 5 * max(distances(1.0))
+    with pytest.raises(Exception, match="data.min_scale"):
+        load_config(None, ["data.min_scale=0"])

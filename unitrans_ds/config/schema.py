@@ -139,6 +139,12 @@ class DataConfig:
         "left/right, so the embedded default does not.",
         False,
     )
+    min_scale: float = _help(
+        "Smallest area fraction of the training random resized crop; BLIP (and LAVIS' `min_scale`): 0.5, which "
+        "the paper configs set. 1 = no crop (the embedded demo's default): the scenes texts name positions and "
+        "counts, which a crop moves or cuts away.",
+        1.0,
+    )
     answer_list: str | None = _help("VQA answer list (JSON list) for rank inference; null builds it from train.", None)
     dataset: str = _help("Data set name, used for the MLflow tag.", "scenes-b")
     max_skip_fraction: float = _help(
@@ -153,6 +159,8 @@ class DataConfig:
             problems.append(
                 f"`data.num_workers` must be >= 0 (0 loads in the training process), got {self.num_workers}"
             )
+        if not 0 < self.min_scale <= 1:
+            problems.append(f"`data.min_scale` must be in (0, 1] (BLIP: 0.5; 1 = no crop), got {self.min_scale}")
         if not 0 <= self.max_skip_fraction <= 1:
             problems.append(f"`data.max_skip_fraction` must be in [0, 1], got {self.max_skip_fraction}")
         if problems:

@@ -327,6 +327,7 @@ def train_loader_from_config(
         num_frames=d.num_frames,
         max_words=d.max_words,
         hflip=d.hflip,
+        min_scale=d.min_scale,
         randaugment=d.randaugment,
     )
 
