@@ -212,3 +212,30 @@ def test_a_registered_task_is_known_to_every_module(monkeypatch):
     prepare_model(bb.model, cfg.method)
     task = build_task(cfg, bb.model, bb.tokenizer)
     assert type(task) is QuizTask and task.settings.inference == "rank"
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_hf_parts_are_the_top_level_modules_of_the_task_class(name):
+    """The checkpoint converter keeps an original key only under these prefixes: a missing part would drop weights
+    silently, an extra one would keep another class's."""
+    from transformers import BlipConfig
+
+    cls = task_class(name)
+    with torch.device("meta"):
+        model = cls.hf_model(BlipConfig())
+    assert sorted(cls.hf_parts) == sorted(f"{child}." for child, _ in model.named_children())
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_task_prices_its_training_and_evaluation_for_the_dry_run(name):
+    from transformers import BlipConfig
+
+    from unitrans_ds.dryrun.plan import forward_flops
+
+    cfg = build_config({"task": name})
+    pieces = forward_flops(cfg, BlipConfig())
+    cls = task_class(name)
+    assert cls.train_passes and set(cls.train_passes) <= set(pieces)
+    settings = cls.settings_from(cfg)
+    one, two = (cls.eval_flops(pieces, n, n, settings) for n in (100, 200))
+    assert one > 0 and two == pytest.approx(2 * one)  # linear in the split's size

@@ -107,24 +107,11 @@ def forward_flops(cfg: Config, blip: BlipConfig) -> dict[str, float]:
 
 def gpu_hours(name: str, cfg: Config, blip: BlipConfig) -> dict[str, float]:
     """Training and evaluation GPU-hours of a whole run (every epoch, a validation per epoch, one test)."""
-    f, w = forward_flops(cfg, blip), WORKLOADS[name]
-    per_sample = {
-        "retrieval": f["image"] + f["text"] + 3 * f["pair"],  # ITC + ITM on 1 positive and 2 negatives
-        "captioning": f["image"] + f["decode"],
-        "vqa": f["image"] + f["pair"] + f["answer"],  # the answer decoder attends to the question states
-    }[cfg.task]
-    train = 2 * per_sample * w.train_items * cfg.train.epochs
-
-    def evaluation(images: int, texts: int) -> float:
-        if cfg.task == "retrieval":  # ITC on everything, ITM on the top k_test of every query in both directions
-            return images * f["image"] + texts * f["text"] + cfg.eval.k_test * (images + texts) * f["pair"]
-        if cfg.task == "captioning":  # beam search: beams x about max_length decoder steps of one token
-            return images * (
-                f["image"]
-                + cfg.eval.num_beams * cfg.eval.max_length * f["decode"] / task_class(cfg.task).max_text_tokens
-            )
-        return images * (f["image"] + f["pair"] + cfg.eval.vqa_k_test * f["answer"])
-
-    evals = cfg.train.epochs * evaluation(w.eval_images, w.eval_texts) + evaluation(w.test_images, w.test_texts)
+    f, w, task = forward_flops(cfg, blip), WORKLOADS[name], task_class(cfg.task)
+    settings = task.settings_from(cfg)
+    train = 2 * sum(n * f[piece] for piece, n in task.train_passes.items()) * w.train_items * cfg.train.epochs
+    evals = cfg.train.epochs * task.eval_flops(f, w.eval_images, w.eval_texts, settings) + task.eval_flops(
+        f, w.test_images, w.test_texts, settings
+    )
     to_hours = 1 / (EFFECTIVE_TFLOPS * 1e12 * 3600)
     return {"train_gpu_hours": train * to_hours, "eval_gpu_hours": evals * to_hours}

@@ -31,13 +31,6 @@ from ..cli import ArgumentParser
 
 logger = logging.getLogger(__name__)
 
-# Which HF top-level modules each task class owns. Keys outside these are not part of the target class.
-TASK_PARTS: dict[str, tuple[str, ...]] = {
-    "retrieval": ("vision_model.", "text_encoder.", "vision_proj.", "text_proj.", "itm_head."),
-    "captioning": ("vision_model.", "text_decoder."),
-    "vqa": ("vision_model.", "text_encoder.", "text_decoder."),
-}
-
 # BLIP's text width per attention head (bert-base 768/12, ViT-B 768/12, ViT-L 1024/16).
 BLIP_HEAD_DIM = 64
 
@@ -119,9 +112,9 @@ def convert_with_report(sd: dict[str, torch.Tensor], task: str, progress: bool =
     `sd` is the bare state dict (see `load_original_checkpoint` for the wrappers). A `module.` prefix (saved from
     DistributedDataParallel) is stripped. Tensors are not copied. Returns the HF dict and the dropped original keys.
     """
-    if task not in TASK_PARTS:
-        raise ValueError(f"task must be one of {', '.join(TASK_PARTS)}, got {task!r}")
-    parts = TASK_PARTS[task]
+    from ..tasks.registry import task_class  # the tasks are built on this module
+
+    parts = task_class(task).hf_parts  # keys outside these are not part of the target class
     out: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
     other: dict[str, torch.Tensor] = {}
@@ -252,13 +245,15 @@ def blip_config_from_state_dict(
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ..tasks.registry import TASKS
+
     """CLI: convert one original checkpoint into a `save_pretrained` folder (+ tokenizer when it is known)."""
     parser = ArgumentParser(
         prog="python -m unitrans_ds.models.convert_blip",
         description="Convert an original Salesforce BLIP / LAVIS .pth checkpoint to a HuggingFace BlipFor* folder.",
     )
     parser.add_argument("--checkpoint", required=True, help="The original .pth (bare state dict or {'model': ...}).")
-    parser.add_argument("--task", required=True, choices=sorted(TASK_PARTS), help="Which BlipFor* class to build.")
+    parser.add_argument("--task", required=True, choices=sorted(TASKS), help="Which BlipFor* class to build.")
     parser.add_argument("--out", required=True, help="Output folder (save_pretrained layout).")
     parser.add_argument(
         "--tokenizer",

@@ -87,6 +87,12 @@ class Task(nn.Module):
     fusion_passes: ClassVar[int] = 1
     #: config keys (or key prefixes) that only this task reads: other tasks' runs do not log them as params
     own_config_keys: ClassVar[tuple[str, ...]] = ()
+    #: the HF class's top-level modules: an original BLIP checkpoint's other keys are not this task's
+    #: (`models/convert_blip.py`)
+    hf_parts: ClassVar[tuple[str, ...]] = ()
+    #: forward passes of the dry run's pieces (`image`, `text`, `pair`, `decode`, `answer`: dryrun/plan.py) that
+    #: one training sample costs
+    train_passes: ClassVar[dict[str, float]] = {}
 
     @classmethod
     def best_metric(cls, name: str | None) -> str:
@@ -194,6 +200,12 @@ class Task(nn.Module):
         with its own loader). Per-sample outputs go to `out_dir` (rank 0). `merge=False` keeps the adapters
         unmerged (ZeRO-3, where parameters are partitioned)."""
         raise NotImplementedError
+
+    @classmethod
+    def eval_flops(cls, pieces: dict[str, float], images: int, texts: int, settings: TaskSettings) -> float:
+        """Forward FLOPs of one evaluation of `images` images (clips, or VQA questions) and `texts` captions, from
+        the FLOPs of one forward of each piece (`dryrun/plan.py`). The dry run's planning estimate."""
+        raise NotImplementedError  # pragma: no cover - interface
 
     def samples_in(self, batch: dict) -> int:
         return len(batch["pixel_values"])

@@ -36,6 +36,8 @@ class CaptioningTask(Task):
     metrics = ("CIDEr", "Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "SPICE")
     task_loss_parts = ("loss_lm",)
     max_text_tokens = 40
+    hf_parts = ("vision_model.", "text_decoder.")
+    train_passes = {"image": 1, "decode": 1}
     settings: CaptioningSettings
 
     @classmethod
@@ -49,6 +51,12 @@ class CaptioningTask(Task):
             max_length=e.max_length,
             min_length=e.min_length,
         )
+
+    @classmethod
+    def eval_flops(cls, pieces: dict[str, float], images: int, texts: int, settings: CaptioningSettings) -> float:  # noqa: ARG003 (the interface's)
+        """Beam search: `num_beams` x about `max_length` decoder steps of one token per image."""
+        steps = settings.num_beams * settings.max_length / cls.max_text_tokens
+        return images * (pieces["image"] + steps * pieces["decode"])
 
     def __init__(self, model, tokenizer, settings: CaptioningSettings, dist: Dist):
         super().__init__(model, tokenizer, settings, dist)

@@ -44,6 +44,8 @@ class RetrievalTask(Task):
     max_text_tokens = 35
     fusion_passes = 3  # ITM: one positive and two negatives per sample
     own_config_keys = ("method.mcam_", "eval.k_test", "eval.itm_beta")
+    hf_parts = ("vision_model.", "text_encoder.", "vision_proj.", "text_proj.", "itm_head.")
+    train_passes = {"image": 1, "text": 1, "pair": 3}  # ITC, and ITM on one positive and two negatives
     settings: RetrievalSettings
 
     @classmethod
@@ -59,6 +61,11 @@ class RetrievalTask(Task):
             itm_score=e.itm_score,
             feature_chunk=e.feature_chunk,
         )
+
+    @classmethod
+    def eval_flops(cls, pieces: dict[str, float], images: int, texts: int, settings: RetrievalSettings) -> float:
+        """ITC on every image and text, ITM on the top `k_test` of every query in both directions."""
+        return images * pieces["image"] + texts * pieces["text"] + settings.k_test * (images + texts) * pieces["pair"]
 
     def __init__(self, model, tokenizer, settings: RetrievalSettings, dist: Dist):
         super().__init__(model, tokenizer, settings, dist)

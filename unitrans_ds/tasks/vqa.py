@@ -65,7 +65,14 @@ class VQATask(Task):
     max_text_tokens = 35
     max_answer_tokens = 10
     own_config_keys = ("eval.vqa_", "data.answer_list")
+    hf_parts = ("vision_model.", "text_encoder.", "text_decoder.")
+    train_passes = {"image": 1, "pair": 1, "answer": 1}  # the answer decoder attends to the question states
     settings: VQASettings
+
+    @classmethod
+    def eval_flops(cls, pieces: dict[str, float], images: int, texts: int, settings: VQASettings) -> float:  # noqa: ARG003 (the interface's)
+        """Per question: its image, the question over it, and `k_test` candidate answers re-scored (rank)."""
+        return images * (pieces["image"] + pieces["pair"] + settings.k_test * pieces["answer"])
 
     def __init__(self, model, tokenizer, settings: VQASettings, dist: Dist):
         super().__init__(model, tokenizer, settings, dist)
