@@ -2,6 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DS_CONFIG ?= ds_configs/zero2.json
+# DeepSpeed compiles its CPU communication op on first use into torch's extension cache. One cache per virtual
+# environment: two checkouts sharing ~/.cache/torch_extensions rebuild it in turn, and a build interrupted there
+# leaves a lock on which every later DeepSpeed start waits forever.
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
