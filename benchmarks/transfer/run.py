@@ -14,6 +14,8 @@ A seed sets the shared matrices' seed, the training seed and the data order. Run
 `Trainer`, one rank each, in `--workers` processes (one CPU thread each: results do not depend on it). Each is an
 MLflow run in the experiment `unitrans-transfer`.
 
+`--report_only` writes the tables of the runs finished so far (cells of fewer seeds say so) and runs nothing.
+
 Writes to `--out`: `runs.jsonl`, `transfer.md` (main table, ablation ladder with paired 95% intervals, chosen lrs,
 gap check), `transfer.csv`, `rank_sweep.png` / `.csv`.
 """
@@ -208,6 +210,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--ds_config", default="ds_configs/zero0.json", help="DeepSpeed JSON (one rank)")
     p.add_argument("--fresh", action="store_true", help="ignore (and delete) the runs already in runs.jsonl")
+    p.add_argument(
+        "--report_only",
+        action="store_true",
+        help="run nothing: write the tables from the runs already in runs.jsonl (an unfinished benchmark's cells "
+        "say how many seeds they hold)",
+    )
     return p.parse_args(argv)
 
 
@@ -241,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     records = load_records(runs_file, budget.tag())
     methods, tasks, seeds = list(args.methods), list(args.tasks), list(args.seeds)
     t0 = time.perf_counter()
+    if args.report_only:
+        print(write_report(records, args, choose_lrs(records, args.lr), out))
+        return 0
 
     select = _pending(select_jobs(tasks, methods, seeds[0], args.rank, args.lr), records)
     print(f"[transfer] select: {len(select)} runs to go; {len(records)} runs already in {runs_file}", flush=True)

@@ -41,12 +41,14 @@ def main_table(records: list[RunRecord], tasks: list[str], methods: list[str], r
                 row.append("n/a")
                 continue
             values = per_seed(records, t, m, rank)
-            row.append(cell(list(values.values())).text(digits(TASKS[t].metric)) if values else "-")
+            short = f" (n={len(values)})" if values and m != "frozen" and len(values) < seeds else ""
+            row.append(cell(list(values.values())).text(digits(TASKS[t].metric)) + short if values else "-")
         params = next((r for r in records if r.method == m and r.phase == "report" and r.rank == rank), None)
         row.append(f"{_fmt_params(params.trainable)} ({100 * params.trainable / params.total:.2f}%)" if params else "-")
         lines.append("| " + " | ".join(row) + " |")
     note = (
-        f"Mean ± std over {seeds} seeds on domain B test (frozen: one evaluation, nothing random); rank {rank}; "
+        f"Mean ± std over {seeds} seeds on domain B test (frozen: one evaluation, nothing random; (n=k): only k "
+        f"seeds have run yet, -: none); rank {rank}; "
         "n/a: the method's component does not exist for the task (captioning has no fusion branch, so no QASN; "
         "MCAM is a retrieval loss)."
     )

@@ -101,3 +101,18 @@ def test_smoke_slice_writes_runs_tables_and_mlflow_and_resumes(smoke):
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0 and "report and sweep: 0 runs to go" in again.stdout, again.stderr[-2000:]
     assert len((results / "runs.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.slow
+def test_report_only_writes_the_tables_of_an_unfinished_benchmark(smoke):
+    """`--report_only` runs nothing and marks the cells that hold fewer seeds than asked for."""
+    from benchmarks.transfer.run import main
+
+    root, _, cmd, _ = smoke
+    results = root / "results"
+    (results / "transfer.md").unlink()
+    before = (results / "runs.jsonl").read_text()
+    assert main([*cmd[cmd.index("benchmarks.transfer") + 1 :], "--seeds", "0", "1", "2", "--report_only"]) == 0
+    md = (results / "transfer.md").read_text()
+    assert "(n=2)" in next(line for line in md.splitlines() if line.startswith("| unitrans |"))
+    assert (results / "runs.jsonl").read_text() == before

@@ -70,6 +70,10 @@ def test_main_table_writes_n_a_and_mean_std_and_ablation_pairs_by_seed():
     ladder = ablation_table(records, ["image_retrieval"], 16)
     step = next(line for line in ladder if line.startswith("| vcra -> vcra+qasn |"))
     assert "+3.0 [" in step  # differences 3, 2, 4: mean 3
+    # an unfinished benchmark: the cells say how many of the seeds they hold
+    lines = main_table(records[:-2], ["image_retrieval"], ["frozen", "vcra"], 16, 3)
+    assert "| 21.0 ± 1.4 (n=2) |" in next(line for line in lines if line.startswith("| vcra |"))
+    assert "n=" not in next(line for line in lines if line.startswith("| frozen |"))
 
 
 def test_rank_sweep_plot_with_error_bars_and_bands(tmp_path):
