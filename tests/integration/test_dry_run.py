@@ -68,7 +68,7 @@ def test_dry_run_of_a_config_without_native_samples_is_one_clear_line(tmp_path, 
             "--dry_run"]  # fmt: skip
     assert train_in_process(args) == 2
     err = capsys.readouterr().err
-    assert "error: data.dataset='shapes-b': the dry run writes samples for coco, didemo, flickr30k" in err
+    assert "error: data.dataset='scenes-b': the dry run writes samples for coco, didemo, flickr30k" in err
     assert "Traceback" not in err
 
 
