@@ -19,7 +19,7 @@ setup: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --durations=15
 
 # A quick check while developing: every test but those marked slow (multi-process runs); CI runs `make test`.
 test-fast: $(VENV)/.installed
