@@ -153,7 +153,7 @@ def write_report(records: list[RunRecord], args: argparse.Namespace, chosen: dic
     parts = [
         "## Main table", "", *main_table(records, tasks, methods, args.rank, len(args.seeds)), "",
         "## Ablation ladder (paired over seeds)", "", *ablation_table(records, tasks, args.rank), "",
-        "## Learning rates chosen on domain B val (first seed)", "", *chosen_lr_table(chosen, tasks, methods), "",
+        "## Learning rates chosen on domain B val", "", *chosen_lr_table(records, chosen, tasks, methods), "",
         "## Frozen-to-full gap against seed noise (bar: gap >= 5 x the larger std of full and unitrans)", "",
         *gap_lines(records, tasks, args.rank), "",
         f"Budget: {Budget(args.max_steps, args.batch).tag()}; synthetic data (`scenes`), tiny BLIPs: not the paper's "

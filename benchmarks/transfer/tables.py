@@ -74,15 +74,37 @@ def ablation_table(records: list[RunRecord], tasks: list[str], rank: int) -> lis
     return [note, "", *lines]
 
 
-def chosen_lr_table(chosen: dict[tuple[str, str], float], tasks: list[str], methods: list[str]) -> list[str]:
-    head = ["method", *(TASKS[t].label for t in tasks), "grid"]
+def chosen_lr_table(
+    records: list[RunRecord], chosen: dict[tuple[str, str], float], tasks: list[str], methods: list[str]
+) -> list[str]:
+    """Per method and task: the val metric at each lr of the grid, the chosen one in bold; `(edge)` when the
+    chosen lr is the grid's smallest or largest, where a wider grid might choose another."""
+    head = ["method", "grid", *(TASKS[t].label for t in tasks)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         if m == "frozen":
             continue
-        row = [m] + [f"{chosen[(t, m)]:g}" if (t, m) in chosen else "n/a" for t in tasks]
-        lines.append("| " + " | ".join([*row, " ".join(f"{x:g}" for x in VARIANTS[m].lr_grid)]) + " |")
-    return lines
+        grid = VARIANTS[m].lr_grid
+        row = [m, " / ".join(f"{x:g}" for x in grid)]
+        for t in tasks:
+            if not VARIANTS[m].applies_to(TASKS[t]):
+                row.append("n/a")
+                continue
+            val = {r.lr: r.value for r in records if r.phase == "select" and r.task == t and r.method == m}
+            if not val:
+                row.append("-")
+                continue
+            d = digits(TASKS[t].metric)
+            texts = [("-" if lr not in val else f"**{val[lr]:.{d}f}**" if lr == chosen.get((t, m)) else
+                      f"{val[lr]:.{d}f}") for lr in grid]  # fmt: skip
+            edge = " (edge)" if chosen.get((t, m)) in (grid[0], grid[-1]) and len(val) == len(grid) else ""
+            row.append(" / ".join(texts) + edge)
+        lines.append("| " + " | ".join(row) + " |")
+    note = (
+        "Domain B val metric of the first seed at each learning rate of the grid; bold: chosen (the best; ties: "
+        "the smaller lr); (edge): the best lr is at the end of the grid; -: not run yet; n/a: not applicable."
+    )
+    return [note, "", *lines]
 
 
 def gap_lines(records: list[RunRecord], tasks: list[str], rank: int) -> list[str]:

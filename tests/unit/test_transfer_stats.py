@@ -10,7 +10,7 @@ from benchmarks.transfer.records import RunRecord
 from benchmarks.transfer.run import choose_lrs, report_jobs, select_jobs, sweep_jobs
 from benchmarks.transfer.stats import cell, gap_check, paired
 from benchmarks.transfer.suite import TASKS, VARIANTS
-from benchmarks.transfer.tables import ablation_table, main_table, plot_rank_sweep
+from benchmarks.transfer.tables import ablation_table, chosen_lr_table, main_table, plot_rank_sweep
 
 
 def rec(task, method, value, seed=0, rank=16, phase="report", lr=0.01, split="test", trainable=100) -> RunRecord:
@@ -57,6 +57,12 @@ def test_the_best_val_lr_is_chosen_and_used_at_every_seed_and_rank():
                                                        ("lora", 2, 1e-3)]  # fmt: skip
     sweep = sweep_jobs([0, 1], [4, 16], 16, chosen)
     assert {(j.rank, j.seed, j.lr) for j in sweep} == {(4, 0, 1e-3), (4, 1, 1e-3)}  # the main rank is not rerun
+    table = chosen_lr_table(records, chosen, ["image_retrieval", "captioning"], ["lora", "vcra+mcam"])
+    assert "| lora | 0.0003 / 0.001 / 0.003 | 10.0 / **14.0** / 12.0 | - |" in table
+    assert "| vcra+mcam | 0.003 / 0.01 / 0.03 | - | n/a |" in table  # not run yet; MCAM is retrieval-only
+    edge = [rec("image_retrieval", "lora", v, lr=lr, phase="select", split="val")
+            for lr, v in ((3e-4, 10.0), (1e-3, 14.0), (3e-3, 15.0))]  # fmt: skip
+    assert "**15.0** (edge) |" in chosen_lr_table(edge, choose_lrs(edge, None), ["image_retrieval"], ["lora"])[-1]
 
 
 # ---------------------------------------------------------------------- tables
