@@ -6,7 +6,8 @@ adapted to domain B, over seeds, with paired statistics.
 
 Phases, each resumable (`runs.jsonl` holds every finished run; a rerun skips what it holds at the same budget):
 1. **select**: every trained method at every learning rate of its grid (`suite.py`), first seed, domain B val;
-   the best val metric picks the method's lr per task.
+   the best val metric picks the method's lr per task. A best lr at either end of the grid gets the next lr
+   beyond it (half-decade steps, at most 2 per side), for every method alike.
 2. **report**: every method at its chosen lr, every seed, domain B test (`frozen`: one evaluation).
 3. **sweep**: `unitrans` and `lora` at ranks 2..32, every seed, image retrieval, test, at the lr chosen at the
    main rank.
@@ -23,6 +24,7 @@ gap check), `transfer.csv`, `rank_sweep.png` / `.csv`.
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import sys
 import time
@@ -46,6 +48,40 @@ def select_jobs(tasks: list[str], methods: list[str], seed: int, rank: int, fixe
         if m != "frozen" and VARIANTS[m].applies_to(TASKS[t])
         for lr in VARIANTS[m].lr_grid
     ]
+
+
+#: how far the selection may walk past either end of a grid, in half-decade steps, while the best lr is at the end
+MAX_EXTENSIONS = 2
+
+
+def _half_decade(lr: float, up: bool) -> float:
+    """The next lr of the grids' half-decade ladder (1e-3 -> 3e-3 -> 1e-2; down: 1e-3 -> 3e-4)."""
+    exponent = math.floor(math.log10(lr) + 1e-9)
+    ladder = [f * 10.0**e for e in (exponent - 1, exponent, exponent + 1) for f in (1, 3)]
+    i = min(range(len(ladder)), key=lambda k: abs(math.log(ladder[k] / lr)))  # lr's rung
+    return float(f"{ladder[i + 1 if up else i - 1]:.0e}")
+
+
+def extension_jobs(records: list[RunRecord], tasks: list[str], methods: list[str], seed: int, rank: int) -> list[Job]:
+    """A grid whose best val lr is its smallest or largest tried lr gets the next lr beyond it (up to
+    `MAX_EXTENSIONS` per side): a best at the edge of a grid says only that the optimum lies beyond it. The same
+    rule for every method; it runs once the whole grid has run."""
+    jobs = []
+    for t in tasks:
+        for m in methods:
+            grid = VARIANTS[m].lr_grid
+            if m == "frozen" or not VARIANTS[m].applies_to(TASKS[t]):
+                continue
+            val = {r.lr: r.value for r in records if r.phase == "select" and r.task == t and r.method == m}
+            if not set(grid) <= set(val):
+                continue
+            best = max(sorted(val), key=lambda lr: val[lr])  # ties: the smaller lr, as `choose_lrs`
+            tried = sorted(val)
+            for up, end, beyond in ((True, tried[-1], [x for x in tried if x > grid[-1]]),
+                                    (False, tried[0], [x for x in tried if x < grid[0]])):  # fmt: skip
+                if best == end and len(beyond) < MAX_EXTENSIONS:
+                    jobs.append(Job("select", t, m, seed, rank, _half_decade(end, up), "val"))
+    return jobs
 
 
 def choose_lrs(records: list[RunRecord], fixed_lr: float | None) -> dict[tuple[str, str], float]:
@@ -255,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
 
     select = _pending(select_jobs(tasks, methods, seeds[0], args.rank, args.lr), records)
     print(f"[transfer] select: {len(select)} runs to go; {len(records)} runs already in {runs_file}", flush=True)
-    run_all(select, inputs, args.workers, runs_file, records)
+    while select:
+        run_all(select, inputs, args.workers, runs_file, records)
+        select = [] if args.lr is not None else extension_jobs(records, tasks, methods, seeds[0], args.rank)
+        if select:
+            print(f"[transfer] select: {len(select)} lrs beyond a grid's edge, where its best lies", flush=True)
     chosen = choose_lrs(records, args.lr)
 
     report = report_jobs(tasks, methods, seeds, args.rank, chosen)

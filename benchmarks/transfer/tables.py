@@ -94,15 +94,16 @@ def chosen_lr_table(
             if not val:
                 row.append("-")
                 continue
-            d = digits(TASKS[t].metric)
+            d, tried = digits(TASKS[t].metric), sorted({*grid, *val})
             texts = [("-" if lr not in val else f"**{val[lr]:.{d}f}**" if lr == chosen.get((t, m)) else
-                      f"{val[lr]:.{d}f}") for lr in grid]  # fmt: skip
-            edge = " (edge)" if chosen.get((t, m)) in (grid[0], grid[-1]) and len(val) == len(grid) else ""
+                      f"{val[lr]:.{d}f}") + ("" if lr in grid else f" ({lr:g})") for lr in tried]  # fmt: skip
+            edge = " (edge)" if chosen.get((t, m)) in (tried[0], tried[-1]) and set(grid) <= set(val) else ""
             row.append(" / ".join(texts) + edge)
         lines.append("| " + " | ".join(row) + " |")
     note = (
-        "Domain B val metric of the first seed at each learning rate of the grid; bold: chosen (the best; ties: "
-        "the smaller lr); (edge): the best lr is at the end of the grid; -: not run yet; n/a: not applicable."
+        "Domain B val metric of the first seed at each learning rate of the grid, and (with its lr) beyond the grid "
+        "where the best lay at its end; bold: chosen (the best; ties: the smaller lr); (edge): the best is still "
+        "the last lr tried; -: not run yet; n/a: not applicable."
     )
     return [note, "", *lines]
 

@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from benchmarks.transfer.records import RunRecord
-from benchmarks.transfer.run import choose_lrs, report_jobs, select_jobs, sweep_jobs
+from benchmarks.transfer.run import choose_lrs, extension_jobs, report_jobs, select_jobs, sweep_jobs
 from benchmarks.transfer.stats import cell, gap_check, paired
 from benchmarks.transfer.suite import TASKS, VARIANTS
 from benchmarks.transfer.tables import ablation_table, chosen_lr_table, main_table, plot_rank_sweep
@@ -63,6 +63,26 @@ def test_the_best_val_lr_is_chosen_and_used_at_every_seed_and_rank():
     edge = [rec("image_retrieval", "lora", v, lr=lr, phase="select", split="val")
             for lr, v in ((3e-4, 10.0), (1e-3, 14.0), (3e-3, 15.0))]  # fmt: skip
     assert "**15.0** (edge) |" in chosen_lr_table(edge, choose_lrs(edge, None), ["image_retrieval"], ["lora"])[-1]
+
+
+def test_a_best_lr_at_the_grids_edge_gets_the_next_lr_beyond_it_up_to_twice():
+    def sel(method, values):
+        return [rec("image_retrieval", method, v, lr=lr, phase="select", split="val") for lr, v in values.items()]
+
+    def nxt(records):
+        return [(j.method, j.lr) for j in extension_jobs(records, ["image_retrieval"], ["full", "lora"], 0, 16)]
+
+    full = sel("full", {3e-5: 54.0, 1e-4: 62.0, 3e-4: 65.0})  # best at the top
+    lora = sel("lora", {3e-4: 50.0, 1e-3: 40.0})  # best at the bottom, but the grid has not finished
+    assert nxt(full + lora) == [("full", 1e-3)]
+    lora += sel("lora", {3e-3: 45.0})
+    assert nxt(full + lora) == [("full", 1e-3), ("lora", 1e-4)]
+    full += sel("full", {1e-3: 66.0, 3e-3: 67.0})  # still rising after two steps: the walk stops there
+    lora += sel("lora", {1e-4: 49.0})  # the best is inside now
+    assert nxt(full + lora) == []
+    assert choose_lrs(full + lora, None) == {("image_retrieval", "full"): 3e-3, ("image_retrieval", "lora"): 3e-4}
+    table = chosen_lr_table(full + lora, choose_lrs(full + lora, None), ["image_retrieval"], ["full"])
+    assert table[-1].endswith("65.0 / 66.0 (0.001) / **67.0** (0.003) (edge) |")
 
 
 # ---------------------------------------------------------------------- tables
