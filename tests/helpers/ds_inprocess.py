@@ -4,15 +4,10 @@ engines in-process (several ZeRO stages in one test, bf16 on CPU). Import the fi
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .ports import free_port
 
 
 def forget_deepspeed_groups() -> None:
@@ -37,7 +32,7 @@ def ds_world_of_one():
     os.environ.update(LOCAL_RANK="0", RANK="0", WORLD_SIZE="1")  # deepspeed.initialize asks for them
     created = not dist.is_initialized()
     if created:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -18,7 +19,7 @@ BIN = Path(sys.executable).parent
 def test_two_ranks_print_one_line_from_rank_zero_and_exit_2(tmp_path):
     """fp16 on a CPU is found by every rank after the process group is up; only rank 0 says so."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    port = str(29500 + (os.getpid() + 7) % 1000)
+    port = str(free_port())
     cmd = [str(BIN / "deepspeed"), "--num_accelerators", "2", "--master_port", port, "launchers/train.py",
            "train.precision=fp16", f"train.output_dir={tmp_path}", "model.init_from=tiny", "model.image_size=32",
            "data.val_shards=null", "data.test_shards=null"]  # fmt: skip

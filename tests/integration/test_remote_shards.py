@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.ports import free_port
 from helpers.shardgen import make_image_shards
 
 from unitrans_ds.data.loaders import build_eval_loader, build_train_loader
@@ -22,12 +23,6 @@ from unitrans_ds.evaluation.vqa import answer_list_from_split
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 32
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _serve(cmd: list[str], port: int) -> subprocess.Popen:
@@ -64,7 +59,7 @@ def local(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def http_url(local) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(local.parent)]
     proc = _serve(cmd, port)
     yield f"http://127.0.0.1:{port}/split"
@@ -75,7 +70,7 @@ def http_url(local) -> Iterator[str]:
 def s3_url(local) -> Iterator[str]:
     pytest.importorskip("s3fs")
     boto3 = pytest.importorskip("boto3")
-    port = _free_port()
+    port = free_port()
     proc = _serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port)
     env = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
@@ -127,7 +122,7 @@ def test_pipe_shards_load_like_the_local_folder(local):
 
 
 def test_unreachable_manifests_fail_in_one_line(local, http_url, s3_url, tmp_path):
-    dead = f"http://127.0.0.1:{_free_port()}/split"
+    dead = f"http://127.0.0.1:{free_port()}/split"
     cases = {
         http_url + "/nothing-here": "does not exist",
         dead: "cannot read",
@@ -144,7 +139,7 @@ def test_unreachable_manifests_fail_in_one_line(local, http_url, s3_url, tmp_pat
 
 
 def test_train_launcher_names_the_key_of_an_unreachable_split(http_url):
-    dead = f"http://127.0.0.1:{_free_port()}/train"
+    dead = f"http://127.0.0.1:{free_port()}/train"
     proc = subprocess.run(
         [sys.executable, "launchers/train.py", f"data.train_shards={http_url}", f"data.val_shards={dead}"],
         cwd=ROOT,

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from helpers.ports import free_port
 
 from unitrans_ds.engine.distributed import shutdown_distributed
 
@@ -22,12 +25,9 @@ BIN = Path(sys.executable).parent
 RUNS = int(os.environ.get("UNITRANS_STRESS_RUNS", "3"))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _shm_workspaces(port: int) -> list[str]:
+    """DeepSpeed's shared all-reduce workspaces (/dev/shm, about 66 MB of RAM each) named for `port`."""
+    return sorted(p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
 
 
 def _burn() -> None:
@@ -53,7 +53,8 @@ def test_two_rank_training_exits_zero_every_time_under_load(tmp_path):
     try:
         for i in range(RUNS):
             out = tmp_path / f"run{i}"
-            cmd = [str(BIN / "deepspeed"), "--num_accelerators", "2", "--master_port", str(_free_port()),
+            port = free_port()
+            cmd = [str(BIN / "deepspeed"), "--num_accelerators", "2", "--master_port", str(port),
                    "launchers/train.py", "--ds_config", "ds_configs/zero2.json",
                    f"train.output_dir={out}", "train.max_steps=1", "train.micro_batch_size=4",
                    "train.global_batch_size=8", "train.zero_shot_eval=false", "data.val_shards=null",
@@ -64,6 +65,33 @@ def test_two_rank_training_exits_zero_every_time_under_load(tmp_path):
                 f"run {i}: exit {proc.returncode}\n{log[-4000:]}"
             )
             assert (out / "adapter_final" / "adapter_model.safetensors").is_file()
+            assert _shm_workspaces(port) == []
     finally:
         burner.kill()
         burner.join()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="POSIX shared memory in /dev/shm (Linux)")
+def test_a_killed_two_rank_run_leaves_no_shared_memory_behind(tmp_path):
+    """DeepSpeed's CPU all-reduce maps one shared segment per rank and never unlinks it: every run under the
+    launcher left 66 MB per rank of RAM in /dev/shm until reboot (a test machine filled its memory with them).
+    `init_distributed` unlinks them once all ranks have mapped them, so even kill -9 of the whole job frees them."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    port, out = free_port(), tmp_path / "run"
+    cmd = [str(BIN / "deepspeed"), "--num_accelerators", "2", "--master_port", str(port),
+           "launchers/train.py", "--ds_config", "ds_configs/zero2.json", f"train.output_dir={out}",
+           "train.max_steps=200", "train.micro_batch_size=4", "train.global_batch_size=8", "train.log_every=1",
+           "train.zero_shot_eval=false", "data.val_shards=null", "data.test_shards=null", "tracking.enabled=false"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text().strip():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never logged a step"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, nothing gets to clean up
+        proc.wait(timeout=60)
+    time.sleep(1)
+    assert _shm_workspaces(port) == []

@@ -13,20 +13,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers.ports import free_port
 
 from unitrans_ds.config.schema import TrackingConfig
 from unitrans_ds.tracking import METRICS_FILE, build_tracker, sync
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -59,7 +52,7 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path):
-    s = Server(tmp_path, _free_port())
+    s = Server(tmp_path, free_port())
     s.start()
     yield s
     s.stop()
@@ -167,7 +160,7 @@ def test_sync_backfills_a_killed_run_that_never_reached_mlflow(tmp_path, monkeyp
     """The process died (kill -9) while MLflow was unreachable: sync creates the run once and closes it KILLED."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(run_dir), dead], env=env, timeout=300)
     assert proc.returncode == -9
     store = f"sqlite:///{tmp_path / 'later.db'}"
@@ -208,7 +201,7 @@ def test_plain_mlflow_ui_shows_runs_logged_with_the_defaults(tmp_path, monkeypat
     t.log_metrics({"train/loss": 0.5}, step=1)
     t.log_artifact(tmp_path / "run" / METRICS_FILE)
     t.finish()
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     ui = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "ui", "--port", str(port), "--workers", "1"],

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.launchers import train_in_process
+from helpers.ports import free_port
 from safetensors.torch import load_file
 
 from unitrans_ds import make_shards
@@ -68,18 +68,12 @@ def common(shards: Path, out: Path, steps: int = 3) -> list[str]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch(args: list[str], ranks: int, env: dict | None = None, ds: str = "zero2", timeout: int = 420):
     """Run launchers/train.py: with the deepspeed launcher for 2 ranks, as plain python for 1."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = [sys.executable, "launchers/train.py", "--ds_config", f"ds_configs/{ds}.json", *args]
     if ranks > 1:
-        port = str(29500 + os.getpid() % 1000)
+        port = str(free_port())
         cmd = [str(BIN / "deepspeed"), "--num_accelerators", str(ranks), "--master_port", port, *cmd[1:]]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -290,7 +284,7 @@ def test_sigterm_stops_both_ranks_at_one_step_and_resume_is_exact(target, shards
     out = tmp_path / "run"
     args = [*_no_gap_args(shards, STOP_STEPS), f"train.output_dir={out}"]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
-    cmd = [str(BIN / "deepspeed"), "--num_accelerators", "2", "--master_port", str(_free_port()),
+    cmd = [str(BIN / "deepspeed"), "--num_accelerators", "2", "--master_port", str(free_port()),
            "launchers/train.py", "--ds_config", "ds_configs/zero2.json", *args]  # fmt: skip
     log_file = tmp_path / "output.log"  # a file, not a pipe: nobody drains a pipe while the test waits
     with log_file.open("w") as log:

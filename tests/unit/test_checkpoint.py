@@ -11,12 +11,12 @@ import pickle
 import random
 import resource
 import signal
-import socket
 
 import numpy as np
 import pytest
 import torch
 from helpers.ds_inprocess import forget_deepspeed_groups
+from helpers.ports import free_port
 
 from unitrans_ds.config import build_config
 from unitrans_ds.engine.checkpoint import (
@@ -35,12 +35,6 @@ from unitrans_ds.engine.checkpoint import (
 from unitrans_ds.engine.ds_config import resolve_ds_config
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gloo_group():
     import deepspeed
@@ -49,7 +43,7 @@ def gloo_group():
     with pytest.MonkeyPatch.context() as mp:
         for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
             mp.setenv(k, v)
-        mp.setenv("MASTER_PORT", str(_free_port()))
+        mp.setenv("MASTER_PORT", str(free_port()))
         if not dist.is_initialized():
             dist.init_process_group("gloo", rank=0, world_size=1)
         deepspeed.init_distributed(dist_backend="gloo")

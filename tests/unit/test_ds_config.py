@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.ds_inprocess import forget_deepspeed_groups
+from helpers.ports import free_port
 
 from unitrans_ds.config import build_config
 from unitrans_ds.engine.ds_config import (
@@ -173,7 +173,7 @@ def gloo_group():
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     import deepspeed
 
     # DeepSpeedConfig asks deepspeed.comm (not torch.distributed) for the rank; this wraps the group above
@@ -197,12 +197,6 @@ def test_deepspeed_own_parser_accepts_resolved_configs(gloo_group, world_size):
         assert parsed.zero_optimization_stage == load_ds_config(name)["zero_optimization"]["stage"]
         assert parsed.gradient_clipping == cfg.optim.clip_grad
         assert not parsed.bfloat16_config.enabled and not parsed.float16_config.enabled
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- the 2-rank end-to-end check ------------------------------------------------------------------------------
@@ -270,7 +264,7 @@ def test_every_shipped_config_trains_on_two_gloo_ranks(tmp_path):
     path = os.pathsep.join([str(here.parents[2]), str(here.parents[1])])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), __file__, str(tmp_path)]  # fmt: skip
+           str(free_port()), __file__, str(tmp_path)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     expected = torch.tensor(_reference_output())

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -14,18 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.ports import free_port
 
 from unitrans_ds.config.schema import TrackingConfig
 from unitrans_ds.engine.versions import collect_versions, git_commit, git_dirty
 from unitrans_ds.tracking import JOURNAL_FILE, METRICS_FILE, JsonlTracker, NullTracker, build_tracker
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -208,7 +202,7 @@ def _warnings(caplog, text: str) -> list[str]:
 def test_unreachable_server_from_the_start(tmp_path, monkeypatch, caplog):
     """Training calls return at once; the run folder keeps everything; finish names the sync command."""
     monkeypatch.chdir(tmp_path)
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     run_dir = tmp_path / "run"
     cfg = TrackingConfig(tracking_uri=uri, finish_timeout_s=1.0, system_metrics_interval_s=None)
     t = build_tracker(cfg, rank=0, run_dir=run_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -26,6 +27,7 @@ def init_distributed() -> tuple[int, int, int]:
         )
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        _unlink_shm_workspace()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -35,6 +37,26 @@ def init_distributed() -> tuple[int, int, int]:
         local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or dist.get_world_size())
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
     return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def shm_workspace_path(rank: int) -> Path:
+    """Where DeepSpeed's CPU all-reduce keeps this rank's shared workspace (its `shm.cpp`: one segment of about
+    66 MB per rank, named after the user, MASTER_ADDR and MASTER_PORT, created when all ranks are local)."""
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+
+
+def _unlink_shm_workspace() -> None:
+    """Remove the name of this rank's shared all-reduce workspace once every rank has mapped every workspace.
+
+    DeepSpeed creates the segments and never unlinks them, so each CPU run under the `deepspeed` launcher left
+    66 MB per rank in /dev/shm (RAM) until reboot: a machine running tests filled its memory with them. Unlinked
+    after the barrier, the mappings stay valid and the memory is freed when the ranks exit, killed or not."""
+    # DeepSpeed's condition for the segments (shm_interface.cpp), the same on every rank: CPU ranks, all local
+    if torch.cuda.is_available() or int(os.environ.get("LOCAL_SIZE") or 0) != dist.get_world_size():
+        return
+    dist.barrier()  # every rank has opened the others' segments: initialisation waits for them before returning
+    shm_workspace_path(dist.get_rank()).unlink(missing_ok=True)
 
 
 def pin_cpu_threads(threads: int) -> None:
