@@ -84,6 +84,16 @@ def extension_jobs(records: list[RunRecord], tasks: list[str], methods: list[str
     return jobs
 
 
+def select_extensions(records: list[RunRecord], args: argparse.Namespace) -> list[Job]:
+    """The next lrs beyond the grids' edges that the finished selection runs call for (none with a fixed --lr)."""
+    if args.lr is not None:
+        return []
+    jobs = extension_jobs(records, list(args.tasks), list(args.methods), args.seeds[0], args.rank)
+    if jobs:
+        print(f"[transfer] select: {len(jobs)} lrs beyond a grid's edge, where its best lies", flush=True)
+    return jobs
+
+
 def choose_lrs(records: list[RunRecord], fixed_lr: float | None) -> dict[tuple[str, str], float]:
     """(task, method) -> the grid lr with the best val metric (ties: the smaller lr), or `fixed_lr` everywhere."""
     if fixed_lr is not None:
@@ -289,13 +299,13 @@ def main(argv: list[str] | None = None) -> int:
         print(write_report(records, args, choose_lrs(records, args.lr), out))
         return 0
 
-    select = _pending(select_jobs(tasks, methods, seeds[0], args.rank, args.lr), records)
+    select = _pending(select_jobs(tasks, methods, seeds[0], args.rank, args.lr), records) or select_extensions(
+        records, args
+    )
     print(f"[transfer] select: {len(select)} runs to go; {len(records)} runs already in {runs_file}", flush=True)
     while select:
         run_all(select, inputs, args.workers, runs_file, records)
-        select = [] if args.lr is not None else extension_jobs(records, tasks, methods, seeds[0], args.rank)
-        if select:
-            print(f"[transfer] select: {len(select)} lrs beyond a grid's edge, where its best lies", flush=True)
+        select = select_extensions(records, args)
     chosen = choose_lrs(records, args.lr)
 
     report = report_jobs(tasks, methods, seeds, args.rank, chosen)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 
 import pytest
 
 from benchmarks.transfer.records import RunRecord
-from benchmarks.transfer.run import choose_lrs, extension_jobs, report_jobs, select_jobs, sweep_jobs
+from benchmarks.transfer.run import (
+    choose_lrs,
+    extension_jobs,
+    report_jobs,
+    select_extensions,
+    select_jobs,
+    sweep_jobs,
+)
 from benchmarks.transfer.stats import cell, gap_check, paired
 from benchmarks.transfer.suite import TASKS, VARIANTS
 from benchmarks.transfer.tables import ablation_table, chosen_lr_table, main_table, plot_rank_sweep
@@ -81,6 +89,10 @@ def test_a_best_lr_at_the_grids_edge_gets_the_next_lr_beyond_it_up_to_twice():
     lora += sel("lora", {1e-4: 49.0})  # the best is inside now
     assert nxt(full + lora) == []
     assert choose_lrs(full + lora, None) == {("image_retrieval", "full"): 3e-3, ("image_retrieval", "lora"): 3e-4}
+    # a resumed benchmark whose grids have all run still walks on (the main loop asks before and after each round)
+    args = argparse.Namespace(tasks=["image_retrieval"], methods=["full"], seeds=[0, 1], rank=16, lr=None)
+    assert [(j.method, j.lr) for j in select_extensions(full[:3], args)] == [("full", 1e-3)]
+    assert select_extensions(full[:3], argparse.Namespace(**{**vars(args), "lr": 0.01})) == []  # a fixed lr
     table = chosen_lr_table(full + lora, choose_lrs(full + lora, None), ["image_retrieval"], ["full"])
     assert table[-1].endswith("65.0 / 66.0 (0.001) / **67.0** (0.003) (edge) |")
 
