@@ -52,6 +52,7 @@ def common(shards: Path, out: Path, steps: int = 3) -> list[str]:
         f"data.test_shards={shards / 'test'}",
         f"train.output_dir={out}",
         f"train.max_steps={steps}",
+        "train.epochs=100",  # the step count decides (the schema's default is the demo's one epoch)
         "train.micro_batch_size=4",
         "train.global_batch_size=8",
         "train.log_every=1",
