@@ -26,7 +26,13 @@ def init_distributed() -> tuple[int, int, int]:
             RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
         )
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if os.environ["WORLD_SIZE"] == "1":
+            # One rank has no peer to meet: an in-memory store instead of a TCP store on MASTER_PORT, which a
+            # process running several jobs in turn (the transfer benchmark's workers) would bind again later,
+            # when another process may have taken the port meanwhile (EADDRINUSE). DeepSpeed adopts the group.
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        deepspeed.init_distributed(dist_backend=backend)
         _unlink_shm_workspace()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
