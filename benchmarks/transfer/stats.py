@@ -70,13 +70,16 @@ class GapCheck:
 
     gap: float
     noise: float
+    seeds: int = 5  # the fewer seeds of full and unitrans: one seed has no std to compare with
     factor: float = 5.0
 
     @property
     def ok(self) -> bool:
-        return self.gap >= self.factor * self.noise
+        return self.seeds > 1 and self.gap >= self.factor * self.noise
 
     def text(self, digits: int) -> str:
+        if self.seeds < 2:
+            return f"gap {self.gap:.{digits}f}; no seed std yet ({self.seeds} seed): not checked"
         verdict = "ok" if self.ok else "NOT MET"
         return f"gap {self.gap:.{digits}f} vs {self.factor:g} x std {self.noise:.{digits}f}: {verdict}"
 
@@ -84,4 +87,4 @@ class GapCheck:
 def gap_check(frozen: Cell | None, full: Cell | None, unitrans: Cell | None) -> GapCheck | None:
     if frozen is None or full is None or unitrans is None:
         return None
-    return GapCheck(full.mean - frozen.mean, max(full.std, unitrans.std))
+    return GapCheck(full.mean - frozen.mean, max(full.std, unitrans.std), min(full.n, unitrans.n))

@@ -41,6 +41,8 @@ def test_gap_check_compares_the_gap_with_five_seed_stds():
     assert gap_check(frozen, full, cell([14.0, 22.0, 30.0])).ok is False  # gap 20 < 5 x unitrans std 8
     assert gap_check(frozen, full, cell([20.0, 24.0, 22.0])).ok is True  # 20 >= 5 x 2
     assert gap_check(frozen, None, full) is None
+    one = gap_check(frozen, cell([30.0]), cell([28.0]))  # one seed: a std of 0 would pass anything
+    assert one.ok is False and one.text(1) == "gap 20.0; no seed std yet (1 seed): not checked"
 
 
 # ---------------------------------------------------------------------- plan
