@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import sys
 from pathlib import Path
 
 import torch
@@ -26,6 +28,7 @@ def init_distributed() -> tuple[int, int, int]:
             RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
         )
     if not dist.is_initialized():
+        _prefer_this_environments_ninja()
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if os.environ["WORLD_SIZE"] == "1":
             # One rank has no peer to meet: an in-memory store instead of a TCP store on MASTER_PORT, which a
@@ -43,6 +46,20 @@ def init_distributed() -> tuple[int, int, int]:
         local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or dist.get_world_size())
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
     return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def _prefer_this_environments_ninja() -> None:
+    """Put this environment's `ninja` first on PATH before DeepSpeed JIT-builds its CPU communication op.
+
+    torch builds the op with the first `ninja` on PATH into one shared cache folder. pip installs a recent ninja
+    into the environment (1.13 here) and many systems have an older one (Ubuntu's 1.11); their build logs hash
+    commands differently, so each takes the other's build for a changed command and compiles the op again from
+    scratch: 35 to 100 s at every start that follows one made with the other ninja. The two alternate in practice:
+    ranks under the `deepspeed` launcher find the environment's bin first on PATH, a plain `python -m` without an
+    activated environment does not."""
+    here = Path(sys.executable).parent
+    if (here / "ninja").is_file() and shutil.which("ninja") != str(here / "ninja"):
+        os.environ["PATH"] = os.pathsep.join([str(here), os.environ.get("PATH", "")])
 
 
 def shm_workspace_path(rank: int) -> Path:
