@@ -22,7 +22,7 @@ from unitrans_ds.engine.distributed import shutdown_distributed
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-RUNS = int(os.environ.get("UNITRANS_STRESS_RUNS", "3"))
+RUNS = int(os.environ.get("UNITRANS_STRESS_RUNS", "2"))  # more runs, more power to catch a rare abort: set it higher
 
 
 def _shm_workspaces(port: int) -> list[str]:

@@ -157,7 +157,10 @@ def test_two_ranks_zero2_each_task_with_mlflow(task, shards, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["zero0", "zero1", "zero3"])
+# ZeRO-1 differs from ZeRO-2 inside DeepSpeed's optimizer only, which test_ds_config's
+# test_every_shipped_config_trains_on_two_gloo_ranks checks for every shipped config; the launcher runs here cover
+# the stages the Trainer treats apart (no ZeRO optimizer; partitioned parameters gathered for export).
+@pytest.mark.parametrize("stage", ["zero0", "zero3"])
 def test_other_zero_stages(stage, shards, tmp_path):
     out = tmp_path / "run"
     args = [*common(shards, out, steps=2), "data.test_shards=null", "tracking.enabled=false"]
@@ -318,8 +321,11 @@ def test_sigterm_stops_both_ranks_at_one_step_and_resume_is_exact(target, shards
     assert {"rng_rank0.pt", "rng_rank1.pt"} <= {p.name for p in (out / "checkpoints" / tags[0]).iterdir()}
     assert not (out / "adapter_final").exists()
 
-    ok(launch([*args, "--resume"], ranks=2))
-    _assert_same_adapters(straight_two_ranks, out)
+    if target in ("one_rank", "runner"):
+        # Resuming is the same code whoever got the signal: checked where the stop is hardest to agree on (one
+        # rank signalled, its peer must stop at the same step) and where schedulers send it (the runner).
+        ok(launch([*args, "--resume"], ranks=2))
+        _assert_same_adapters(straight_two_ranks, out)
 
 
 def test_unreachable_tracking_server_keeps_metrics(shards, tmp_path, monkeypatch, capsys, caplog):
