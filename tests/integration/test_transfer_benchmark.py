@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.transfer import pretrain
+from benchmarks.transfer import pretrain, run
 from benchmarks.transfer.records import RunRecord
 from benchmarks.transfer.suite import TASKS
 
@@ -26,17 +26,11 @@ def rec(task, method, value, seed=0, rank=16, phase="report", lr=0.01, split="te
 
 
 # ---------------------------------------------------------------------- commands
-def test_help_of_both_commands():
-    for module in ("benchmarks.transfer.pretrain", "benchmarks.transfer"):
-        out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True)
-        assert out.returncode == 0 and "usage:" in out.stdout, out.stderr
-
-
-def test_benchmark_refuses_a_missing_pretrained_folder(tmp_path):
-    cmd = [sys.executable, "-m", "benchmarks.transfer", "--pretrained", str(tmp_path / "nope"), "--out", str(tmp_path)]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    assert out.returncode == 2
-    assert "benchmarks.transfer.pretrain" in out.stderr and "nope" in out.stderr and "Traceback" not in out.stderr
+# (`--help` of both commands: tests/unit/test_cli.py, in process)
+def test_benchmark_refuses_a_missing_pretrained_folder(tmp_path, capsys):
+    assert run.main(["--pretrained", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "benchmarks.transfer.pretrain" in err and "nope" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_pretrain_config_trains_everything_on_domain_a_without_flips(tmp_path):
