@@ -214,14 +214,15 @@ def write_report(records: list[RunRecord], args: argparse.Namespace, chosen: dic
     return md
 
 
-def log_summary(out: Path, tracking_uri: str | None, params: dict) -> str | None:
-    """One MLflow run in the benchmark's experiment holding the tables, runs.jsonl and the plot as artifacts."""
+def log_summary(out: Path, run_dir: Path, tracking_uri: str | None, params: dict) -> str | None:
+    """One MLflow run in the benchmark's experiment holding the tables, runs.jsonl and the plot as artifacts; its
+    tracking journal goes to `run_dir`, beside the trainer runs' folders, not into the results."""
     from unitrans_ds.config.schema import TrackingConfig
     from unitrans_ds.tracking import build_tracker
 
     from .execute import EXPERIMENT
 
-    tracker = build_tracker(TrackingConfig(experiment=EXPERIMENT, tracking_uri=tracking_uri), 0, out / "summary_run")
+    tracker = build_tracker(TrackingConfig(experiment=EXPERIMENT, tracking_uri=tracking_uri), 0, run_dir)
     run_id = tracker.start("transfer-summary", {"kind": "summary"}, params)
     for name in ("transfer.md", "transfer.csv", "runs.jsonl", "rank_sweep.png", "rank_sweep.csv"):
         if (out / name).is_file():
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     md = write_report(records, args, chosen, out)
     params = {"methods": " ".join(methods), "tasks": " ".join(tasks), "seeds": " ".join(map(str, seeds)),
               "budget": budget.tag(), "rank": args.rank, "lr": args.lr}  # fmt: skip
-    log_summary(out, args.tracking_uri, params)
+    log_summary(out, Path(args.run_root) / "summary", args.tracking_uri, params)
     print(md)
     print(f"[transfer] done in {time.perf_counter() - t0:.0f} s; results in {out}/", flush=True)
     return 0
