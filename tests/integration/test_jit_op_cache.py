@@ -22,8 +22,9 @@ START = "from unitrans_ds.engine.distributed import init_distributed as i, shutd
 
 
 def _built_op() -> Path:
-    cache = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
-    (so,) = cache.glob("**/deepspeed_shm_comm/deepspeed_shm_comm.so")
+    from torch.utils.cpp_extension import get_default_build_root  # TORCH_EXTENSIONS_DIR, else the user cache
+
+    (so,) = Path(get_default_build_root()).glob("*/deepspeed_shm_comm/deepspeed_shm_comm.so")
     return so
 
 
