@@ -38,7 +38,7 @@ TASKS: dict[str, BenchTask] = {
             False,
             "captioning",
             "image_b",
-            "CIDEr",
+            "cider",  # the trainer logs metric names in lower case (`tracking.run_info.metric_key`)
             False,
             ("eval.max_length=40", "eval.min_length=8", "eval.prompt=a picture of "),
         ),  # fmt: skip

@@ -12,7 +12,7 @@ from .suite import ABLATION_STEPS, TASKS, VARIANTS
 
 
 def digits(metric: str) -> int:
-    return 3 if metric == "CIDEr" else 1  # CIDEr lives near 0..3, recalls and accuracies in percent
+    return 3 if metric == "cider" else 1  # CIDEr lives near 0..3, recalls and accuracies in percent
 
 
 def per_seed(records: list[RunRecord], task: str, method: str, rank: int) -> dict[int, float]:
