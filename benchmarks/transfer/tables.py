@@ -32,7 +32,8 @@ def _fmt_params(n: int) -> str:
 
 
 def main_table(records: list[RunRecord], tasks: list[str], methods: list[str], rank: int, seeds: int) -> list[str]:
-    head = ["method", *(f"{TASKS[t].label} ({TASKS[t].metric})" for t in tasks), "trainable (image retrieval)"]
+    ref = tasks[0]  # trainable parameters differ by task (captioning's decoder has its own bank): the first task's
+    head = ["method", *(f"{TASKS[t].label} ({TASKS[t].metric})" for t in tasks), f"trainable ({TASKS[ref].label})"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         row = [m]
@@ -43,7 +44,9 @@ def main_table(records: list[RunRecord], tasks: list[str], methods: list[str], r
             values = per_seed(records, t, m, rank)
             short = f" (n={len(values)})" if values and m != "frozen" and len(values) < seeds else ""
             row.append(cell(list(values.values())).text(digits(TASKS[t].metric)) + short if values else "-")
-        params = next((r for r in records if r.method == m and r.phase == "report" and r.rank == rank), None)
+        params = next(
+            (r for r in records if r.task == ref and r.method == m and r.phase == "report" and r.rank == rank), None
+        )
         row.append(f"{_fmt_params(params.trainable)} ({100 * params.trainable / params.total:.2f}%)" if params else "-")
         lines.append("| " + " | ".join(row) + " |")
     note = (

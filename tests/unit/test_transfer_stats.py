@@ -125,6 +125,10 @@ def test_main_table_writes_n_a_and_mean_std_and_ablation_pairs_by_seed():
     lines = main_table(records[:-2], ["image_retrieval"], ["frozen", "vcra"], 16, 3)
     assert "| 21.0 ± 1.4 (n=2) |" in next(line for line in lines if line.startswith("| vcra |"))
     assert "n=" not in next(line for line in lines if line.startswith("| frozen |"))
+    # the trainable column is the first task's, named so: a captioning run does not fill the retrieval column
+    records.append(rec("captioning", "vcra", 1.2, trainable=500))
+    lines = main_table(records, ["captioning", "image_retrieval"], ["vcra"], 16, 3)
+    assert lines[2].endswith("| trainable (captioning) |") and lines[-1].endswith("| 500 (50.00%) |")
 
 
 def test_rank_sweep_plot_with_error_bars_and_bands(tmp_path):
