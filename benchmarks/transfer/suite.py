@@ -78,6 +78,18 @@ class Variant:
     def applies_to(self, task: BenchTask) -> bool:
         return (task.fusion or not self.needs_fusion) and (task.task == "retrieval" or not self.retrieval_only)
 
+    def runs_as(self, task: BenchTask) -> str:
+        """The row whose runs stand for this one on `task`: itself, or, for `unitrans` on a task that lacks one of
+        its components, the row with the same training (captioning: no fusion branch and no MCAM, so `vcra`; VQA:
+        no MCAM, so `vcra+qasn`). The trainer builds the same model and loss for both, so the runs would repeat
+        each other to the bit (checked: captioning's unitrans and vcra lr grids gave the same CIDEr at every lr)."""
+        if self.name != "unitrans":
+            return self.name
+        qasn, mcam = task.fusion, task.task == "retrieval"
+        return {(True, True): "unitrans", (True, False): "vcra+qasn", (False, True): "vcra+mcam"}.get(
+            (qasn, mcam), "vcra"
+        )
+
 
 #: Learning-rate grids, one decade in half-decade steps around each family's usual value: full fine-tuning moves
 #: every weight (small steps), LoRA's B starts at zero, the VCRA family trains vectors that start at 0 and 1.

@@ -16,7 +16,9 @@ def digits(metric: str) -> int:
 
 
 def per_seed(records: list[RunRecord], task: str, method: str, rank: int) -> dict[int, float]:
-    """{seed: value} of the report runs of (task, method) at `rank` (frozen and full have no rank)."""
+    """{seed: value} of the report runs of (task, method) at `rank` (frozen and full have no rank); a row that runs
+    as another on this task (`Variant.runs_as`: unitrans on captioning is vcra) takes that row's runs."""
+    method = VARIANTS[method].runs_as(TASKS[task])
     return {
         r.seed: r.value
         for r in records
@@ -43,9 +45,19 @@ def main_table(records: list[RunRecord], tasks: list[str], methods: list[str], r
                 continue
             values = per_seed(records, t, m, rank)
             short = f" (n={len(values)})" if values and m != "frozen" and len(values) < seeds else ""
+            same = VARIANTS[m].runs_as(TASKS[t])
+            short += f" (= {same})" if same != m else ""
             row.append(cell(list(values.values())).text(digits(TASKS[t].metric)) + short if values else "-")
         params = next(
-            (r for r in records if r.task == ref and r.method == m and r.phase == "report" and r.rank == rank), None
+            (
+                r
+                for r in records
+                if r.task == ref
+                and r.method == VARIANTS[m].runs_as(TASKS[ref])
+                and r.phase == "report"
+                and r.rank == rank
+            ),
+            None,
         )
         row.append(f"{_fmt_params(params.trainable)} ({100 * params.trainable / params.total:.2f}%)" if params else "-")
         lines.append("| " + " | ".join(row) + " |")
@@ -53,7 +65,8 @@ def main_table(records: list[RunRecord], tasks: list[str], methods: list[str], r
         f"Mean ± std over {seeds} seeds on domain B test (frozen: one evaluation, nothing random; (n=k): only k "
         f"seeds have run yet, -: none); rank {rank}; "
         "n/a: the method's component does not exist for the task (captioning has no fusion branch, so no QASN; "
-        "MCAM is a retrieval loss)."
+        "MCAM is a retrieval loss); (= row): the method trains exactly as that row on this task (unitrans without "
+        "a fusion branch or MCAM), so the cell is that row's runs."
     )
     return [note, "", *lines]
 
@@ -67,12 +80,15 @@ def ablation_table(records: list[RunRecord], tasks: list[str], rank: int) -> lis
             if not (VARIANTS[before].applies_to(TASKS[t]) and VARIANTS[after].applies_to(TASKS[t])):
                 row.append("n/a")
                 continue
+            if VARIANTS[before].runs_as(TASKS[t]) == VARIANTS[after].runs_as(TASKS[t]):
+                row.append("same method")  # e.g. vcra -> unitrans on captioning: nothing is added
+                continue
             p = paired(per_seed(records, t, before, rank), per_seed(records, t, after, rank))
             row.append("-" if p is None else p.text(digits(TASKS[t].metric)) + (" *" if p.significant else ""))
         lines.append("| " + " | ".join(row) + " |")
     note = (
         "Paired difference (after - before) over the seeds both ran, with its 95% t-interval; * = the interval "
-        "excludes 0."
+        "excludes 0; same method: the step adds nothing on this task (unitrans is vcra on captioning)."
     )
     return [note, "", *lines]
 
@@ -92,6 +108,9 @@ def chosen_lr_table(
         for t in tasks:
             if not VARIANTS[m].applies_to(TASKS[t]):
                 row.append("n/a")
+                continue
+            if VARIANTS[m].runs_as(TASKS[t]) != m:
+                row.append(f"= {VARIANTS[m].runs_as(TASKS[t])}")
                 continue
             val = {r.lr: r.value for r in records if r.phase == "select" and r.task == t and r.method == m}
             if not val:
@@ -133,7 +152,8 @@ def write_csv(records: list[RunRecord], out: Path, tasks: list[str], methods: li
                 values = per_seed(records, t, m, rank)
                 if values:
                     c = cell(list(values.values()))
-                    r = next(x for x in records if x.task == t and x.method == m and x.phase == "report")
+                    same = VARIANTS[m].runs_as(TASKS[t])
+                    r = next(x for x in records if x.task == t and x.method == same and x.phase == "report")
                     w.writerow([m, t, TASKS[t].metric, f"{c.mean:.4f}", f"{c.std:.4f}", c.n, r.trainable, r.total])
 
 

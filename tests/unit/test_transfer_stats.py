@@ -63,9 +63,27 @@ def test_components_a_task_lacks_are_not_run():
         TASKS["video_retrieval"]
     )
     jobs = select_jobs(["captioning"], list(VARIANTS), seed=0, rank=16, fixed_lr=None)
-    assert {j.method for j in jobs} == {"full", "lora", "scaling-vectors", "vcra (frozen A/B)", "vcra", "unitrans"}
+    # unitrans on captioning (no fusion branch, no MCAM) trains as vcra, so its runs would repeat vcra's
+    assert {j.method for j in jobs} == {"full", "lora", "scaling-vectors", "vcra (frozen A/B)", "vcra"}
     assert all(j.split == "val" and j.seed == 0 for j in jobs)
-    assert len(jobs) == 6 * 3  # every lr of each grid
+    assert len(jobs) == 5 * 3  # every lr of each grid
+    assert [VARIANTS["unitrans"].runs_as(TASKS[t]) for t in ("captioning", "vqa", "video_qa", "image_retrieval")] == [
+        "vcra", "vcra+qasn", "vcra+qasn", "unitrans"]  # fmt: skip
+    chosen = {("vqa", m): 0.01 for m in VARIANTS if m != "frozen"}
+    assert "unitrans" not in {j.method for j in report_jobs(["vqa"], list(VARIANTS), [0, 1], 16, chosen)}
+
+
+def test_a_row_that_runs_as_another_shows_that_rows_runs_and_adds_no_ablation_step():
+    records = [rec("captioning", "vcra", v, seed=s, trainable=500) for s, v in enumerate((1.2, 1.3, 1.4))]
+    lines = main_table(records, ["captioning"], ["vcra", "unitrans"], 16, 3)
+    row = next(line for line in lines if line.startswith("| unitrans |"))
+    assert row == "| unitrans | 1.300 ± 0.100 (= vcra) | 500 (50.00%) |"
+    ladder = ablation_table(records, ["captioning"], 16)
+    assert (
+        next(line for line in ladder if line.startswith("| vcra -> unitrans |")) == "| vcra -> unitrans | same method |"
+    )
+    table = chosen_lr_table(records, {}, ["captioning"], ["unitrans"])
+    assert table[-1].endswith("| = vcra |")
 
 
 def test_the_best_val_lr_is_chosen_and_used_at_every_seed_and_rank():
