@@ -11,6 +11,8 @@ Phases, each resumable (`runs.jsonl` holds every finished run; a rerun skips wha
 2. **report**: every method at its chosen lr, every seed, domain B test (`frozen`: one evaluation).
 3. **sweep**: `unitrans` and `lora` at ranks 2..32, every seed, image retrieval, test, at the lr chosen at the
    main rank.
+A row that trains exactly as another on a task (`unitrans` on captioning is `vcra`, on VQA `vcra+qasn`) is not
+run again: its cells are that row's runs, marked `(= vcra)`.
 A seed sets the shared matrices' seed, the training seed and the data order. Runs go through the project's
 `Trainer`, one rank each, in `--workers` processes (one CPU thread each: results do not depend on it). Each is an
 MLflow run in the experiment `unitrans-transfer`.
