@@ -127,11 +127,11 @@ def report_jobs(
 
 
 def sweep_jobs(seeds: list[int], ranks: list[int], main_rank: int, chosen: dict[tuple[str, str], float]) -> list[Job]:
-    return [
+    return [  # seed-major, as the report: an interrupted sweep has every rank at the first seeds
         Job("report", "image_retrieval", m, s, r, chosen[("image_retrieval", m)], "test")
+        for s in seeds
         for r in ranks
         if r != main_rank
-        for s in seeds
         for m in SWEEP_VARIANTS
         if ("image_retrieval", m) in chosen
     ]

@@ -96,6 +96,9 @@ def test_the_best_val_lr_is_chosen_and_used_at_every_seed_and_rank():
                                                        ("lora", 2, 1e-3)]  # fmt: skip
     sweep = sweep_jobs([0, 1], [4, 16], 16, chosen)
     assert {(j.rank, j.seed, j.lr) for j in sweep} == {(4, 0, 1e-3), (4, 1, 1e-3)}  # the main rank is not rerun
+    # seed-major: an interrupted sweep holds every rank at its first seeds
+    order = [(j.seed, j.rank) for j in sweep_jobs([0, 1], [2, 4, 16], 16, chosen)]
+    assert order == [(0, 2), (0, 4), (1, 2), (1, 4)]
     table = chosen_lr_table(records, chosen, ["image_retrieval", "captioning"], ["lora", "vcra+mcam"])
     assert "| lora | 0.0003 / 0.001 / 0.003 | 10.0 / **14.0** / 12.0 | - |" in table
     assert "| vcra+mcam | 0.003 / 0.01 / 0.03 | - | n/a |" in table  # not run yet; MCAM is retrieval-only
