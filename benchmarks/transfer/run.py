@@ -47,7 +47,7 @@ def select_jobs(tasks: list[str], methods: list[str], seed: int, rank: int, fixe
         Job("select", t, m, seed, rank, lr, "val")
         for t in tasks
         for m in methods
-        if m != "frozen" and VARIANTS[m].applies_to(TASKS[t]) and VARIANTS[m].runs_as(TASKS[t]) == m
+        if m != "frozen" and VARIANTS[m].runs_on(TASKS[t])
         for lr in VARIANTS[m].lr_grid
     ]
 
@@ -72,7 +72,7 @@ def extension_jobs(records: list[RunRecord], tasks: list[str], methods: list[str
     for t in tasks:
         for m in methods:
             grid = VARIANTS[m].lr_grid
-            if m == "frozen" or not VARIANTS[m].applies_to(TASKS[t]) or VARIANTS[m].runs_as(TASKS[t]) != m:
+            if m == "frozen" or not VARIANTS[m].runs_on(TASKS[t]):
                 continue
             val = {r.lr: r.value for r in records if r.phase == "select" and r.task == t and r.method == m}
             if not set(grid) <= set(val):
@@ -116,7 +116,7 @@ def report_jobs(
     for s in seeds:  # seed-major: an interrupted benchmark has every cell at the first seeds
         for t in tasks:
             for m in methods:
-                if not VARIANTS[m].applies_to(TASKS[t]) or VARIANTS[m].runs_as(TASKS[t]) != m:
+                if not VARIANTS[m].runs_on(TASKS[t]):
                     continue
                 if m == "frozen":
                     if s == seeds[0]:

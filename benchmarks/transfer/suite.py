@@ -90,6 +90,10 @@ class Variant:
             (qasn, mcam), "vcra"
         )
 
+    def runs_on(self, task: BenchTask) -> bool:
+        """Whether the benchmark runs this row on `task`: it applies there and no other row stands for it."""
+        return self.applies_to(task) and self.runs_as(task) == self.name
+
 
 #: Learning-rate grids, one decade in half-decade steps around each family's usual value: full fine-tuning moves
 #: every weight (small steps), LoRA's B starts at zero, the VCRA family trains vectors that start at 0 and 1.
