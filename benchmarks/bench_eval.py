@@ -9,6 +9,10 @@
 2. Merged vs unmerged inference: the same ViT forward (`image_embed`) and ITM forward (`itm_logits`) timed for the
    frozen model, UniTrans with VCRA merged into the weights (QASN still runs), and UniTrans unmerged. Runs are
    interleaved, on one thread, in CPU seconds (not wall time), because the CPU may be shared. Goal: merged / frozen = 1.00 within noise.
+3. ITM re-ranking of one image's candidates (`--pairs` texts, real shard captions): BLIP's way (the image's tokens
+   repeated per pair, texts padded to 35 tokens) against the evaluator's `itm_match_score` (the image once,
+   broadcast by the cross-attention; texts cut to their longest), interleaved, 1 thread, CPU seconds, with the
+   largest difference of the scores.
 
 The defaults fit a 2-core CPU in about 3 minutes; on a GPU or a bigger CPU raise --images and --k_test (SPEC
 values: k_test 256 COCO, 128 Flickr30K).
@@ -27,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import add_json_arg, machine_line, write_results  # noqa: E402
+from common import add_json_arg, interleaved, machine_line, ratio, write_results  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from transformers import BlipConfig, BlipForImageTextRetrieval  # noqa: E402
 
@@ -37,7 +41,7 @@ from unitrans_ds.cli import ArgumentParser  # noqa: E402
 from unitrans_ds.config import build_config  # noqa: E402
 from unitrans_ds.data.loaders import eval_loader_from_config  # noqa: E402
 from unitrans_ds.evaluation import inference_mode  # noqa: E402
-from unitrans_ds.evaluation.retrieval import token_store_estimate  # noqa: E402
+from unitrans_ds.evaluation.retrieval import TokenStore, itm_match_score, token_store_estimate  # noqa: E402
 from unitrans_ds.models.tiny import demo_tokenizer  # noqa: E402
 from unitrans_ds.tasks import Dist, build_task  # noqa: E402
 
@@ -51,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per variant in the merged/unmerged test")
     p.add_argument("--timing_images", type=int, default=1, help="images per ViT forward in the merged/unmerged test")
     p.add_argument("--timing_pairs", type=int, default=4, help="pairs per ITM forward in the merged/unmerged test")
+    p.add_argument("--pairs", type=int, default=16, help="texts per ITM forward in the re-ranking test (k_test)")
     add_json_arg(p, __file__)
     return p.parse_args(argv)
 
@@ -151,6 +156,50 @@ def bench_merge(args: argparse.Namespace, shards: Path) -> dict:
     }
 
 
+def bench_itm_rerank(args: argparse.Namespace, shards: Path) -> dict:
+    """BLIP's per-pair ITM forward against `itm_match_score` (one image broadcast, texts cut), same inputs."""
+    task, cfg = build("unitrans", args, shards)
+    loader = eval_loader_from_config(cfg, shards, rank=0, world_size=1)
+    captions = [c for batch in loader for caps in batch["captions"] for c in caps]
+    texts = (captions * (args.pairs // len(captions) + 1))[: args.pairs]
+    g = torch.Generator().manual_seed(3)
+    pix = torch.randn(1, 3, args.image_size, args.image_size, generator=g)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with inference_mode(task, True):
+        tokens, _ = task.image_embed(pix)
+        store = TokenStore(chunk=1, model_dtype=task.dtype)
+        store.add(tokens)
+        store.finish()
+        ids, mask, _ = task.text_embed(texts)  # padded to the fixed length, as the evaluator gathers them
+        out: dict[str, torch.Tensor] = {}
+
+        def blip() -> None:  # BLIP's evaluator: the image's tokens repeated per pair, the texts at full length
+            each = store.take(torch.zeros(len(texts), dtype=torch.long), task.device, task.dtype)
+            out["blip"] = task.itm_logits(each, ids, mask)[:, 1].float()
+
+        def ours() -> None:
+            out["ours"] = itm_match_score(task, store, 0, ids, mask)
+
+        times = interleaved({"blip": blip, "ours": ours}, args.repeats, warmup=1, desc="ITM re-ranking")
+    torch.set_num_threads(threads)
+    r = ratio(times["ours"], times["blip"], "cpu")
+    diff = float((out["ours"] - out["blip"]).abs().max())
+    length = int(mask.sum(1).max())
+    print(
+        f"\n[itm] one image x {len(texts)} texts (longest {length} of {ids.shape[1]} tokens) at {args.image_size} px, "
+        f"1 thread, CPU s median of {args.repeats}: BLIP's way {times['blip'].median('cpu'):.3f}, evaluator "
+        f"{times['ours'].median('cpu'):.3f}; evaluator / BLIP {r}; largest score difference {diff:.2e}"
+    )
+    return {
+        "pairs": len(texts),
+        "longest_text_tokens": length,
+        "cpu_s": {k: v.cpu for k, v in times.items()},
+        "ratio_evaluator_over_blip": vars(r),
+        "max_abs_score_difference": diff,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
@@ -164,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"machine": machine_line(), "args": {k: str(v) for k, v in vars(args).items()}}
         result["retrieval"] = bench_retrieval(args, shards, Path(tmp) / "out")
         result["merge"] = bench_merge(args, shards)
+        result["itm_rerank"] = bench_itm_rerank(args, shards)
     write_results(args.json, result)
     return 0
 

@@ -28,7 +28,7 @@ from unitrans_ds.evaluation import (
     evaluate,
     inference_mode,
 )
-from unitrans_ds.evaluation.vqa import iter_shard_meta
+from unitrans_ds.evaluation.vqa import distinct_images, iter_shard_meta
 from unitrans_ds.metrics.retrieval import retrieval_metrics
 from unitrans_ds.metrics.vqa import vqa_accuracy
 from unitrans_ds.models.build import load_backbone
@@ -337,6 +337,26 @@ def test_vqa_rank_inference_uses_the_train_answer_list_and_official_accuracy(sha
     for t, v in want["per_answer_type"].items():
         assert metrics["acc_" + t.replace("/", "_")] == pytest.approx(v)
     assert metrics["n_questions"] == len(gt)
+
+
+def test_vqa_encodes_each_distinct_image_once_with_the_same_answers(shards):
+    """Evaluation batches hold one item per question; the ViT runs once per distinct sample id and the question
+    states are the same as with every question's own copy of its image."""
+    cfg = make_cfg(shards, "vqa", **{"eval.batch_size": 20})
+    task = make_task(cfg)
+    batch = next(iter(eval_loader(cfg, shards / "test", 0, 1)))
+    pixels, image_of = distinct_images(batch)
+    assert len(pixels) == len(set(batch["id"])) < len(batch["id"])  # the fixture has several questions per image
+    assert torch.equal(pixels[image_of], batch["pixel_values"])  # every question keeps its own image
+    with torch.no_grad():
+        task.eval()
+        states, mask = task.encode_questions(pixels, batch["question"], image_of)
+        want_states, want_mask = task.encode_questions(batch["pixel_values"], batch["question"])
+        answers = ["yes", "no", "one", "two", "three", "red", "blue"]
+        got = task.rank_answers(pixels, batch["question"], answers, 3, image_of)
+        want = task.rank_answers(batch["pixel_values"], batch["question"], answers, 3)
+    torch.testing.assert_close(states, want_states, rtol=1e-5, atol=1e-5)
+    assert torch.equal(mask, want_mask) and got == want
 
 
 def test_vqa_answer_list_file_and_generate_mode(shards, tmp_path):

@@ -261,19 +261,26 @@ def candidate_pairs(
 def itm_match_score(
     task: RetrievalTask,
     store: TokenStore,
-    store_rows: torch.Tensor,
+    store_row: int,
     text_ids: torch.Tensor,
     text_mask: torch.Tensor,
     score: str = "logit",
 ) -> torch.Tensor:
-    """ITM "match" score of pairs (store row, text), fp32 on CPU: [P]. `score`: `logit` = itm_head(...)[:, 1]
-    (BLIP/LAVIS), `prob` = softmax(itm_head(...))[:, 1].
+    """ITM "match" score of one stored image against texts [P, T], fp32 on CPU: [P]. `score`: `logit` =
+    itm_head(...)[:, 1] (BLIP/LAVIS), `prob` = softmax(itm_head(...))[:, 1].
 
-    A batched pair scorer over the token store: `RetrievalTask.itm_logits` takes image tokens already expanded
-    per pair, which for a whole split would not fit in memory.
+    Two savings over BLIP's evaluator, neither of which changes the equation:
+    - The image's tokens go in once, as a batch of 1 that the cross-attention broadcasts over the P texts
+      (`torch.matmul` broadcasts batch dimensions, and HF's BLIP shapes the keys and values from the encoder
+      states' own batch), so its key and value projections run once per image, not once per pair. In video
+      retrieval (frames x 65 tokens per clip) these projections were most of the ITM cost.
+    - The texts are cut to their longest unpadded length (right padding): padded positions are masked out of
+      every attention, so they change no unpadded position, and the [ENC] token is what the head reads.
     """
-    tokens = store.take(store_rows, task.device, task.dtype)
-    logits = task.itm_logits(tokens, text_ids.to(task.device), text_mask.to(task.device)).float()
+    tokens = store.take(torch.tensor([store_row]), task.device, task.dtype)
+    length = max(int(text_mask.sum(dim=1).max()), 1)
+    ids, mask = text_ids[:, :length].to(task.device), text_mask[:, :length].to(task.device)
+    logits = task.itm_logits(tokens, ids, mask).float()
     if score == "prob":
         return logits.softmax(dim=-1)[:, 1].cpu()
     if score == "logit":
@@ -291,7 +298,7 @@ def score_pairs(
     rank: int,
 ) -> torch.Tensor:
     """ITM scores (`eval.itm_score`) of the sorted pair `codes` (step 4), image by image in chunks of
-    max(k_test, batch)."""
+    max(k_test, batch) texts."""
     settings = task.settings
     n_unique = len(index.unique_texts)
     per_forward = max(settings.k_test, settings.batch_size)
@@ -301,11 +308,11 @@ def score_pairs(
     for img, n in progress(
         zip(images.tolist(), counts.tolist()), total=len(images), desc="retrieval: ITM", enabled=rank == 0, leave=False
     ):
+        row = int(index.local_row[img])
         for s in range(start, start + n, per_forward):
             e = min(s + per_forward, start + n)
             txt = codes[s:e] % n_unique
-            rows = index.local_row[img].repeat(e - s)
-            out[s:e] = itm_match_score(task, store, rows, text_ids[txt], text_mask[txt], settings.itm_score)
+            out[s:e] = itm_match_score(task, store, row, text_ids[txt], text_mask[txt], settings.itm_score)
         start += n
     return out
 

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from ..data.loaders import EvalLoader
 from ..data.manifest import read_manifest
 from ..data.remote import open_tar
@@ -101,6 +103,22 @@ def resolve_answer_list(answer_list: str | None, train_shards: str) -> list[str]
         ) from e
 
 
+def distinct_images(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """An evaluation batch's distinct images and, per question, which of them it asks about.
+
+    Evaluation has one item per question, so an image with several questions comes once per question (its
+    questions are consecutive). Its pixels are the same every time (evaluation transforms are deterministic, and
+    the item is the sample's), so the ViT runs once per distinct sample id: 8 questions per image made it 8x."""
+    first: dict[str, int] = {}  # sample id -> its row among the distinct images
+    rows, image_of = [], []
+    for i, sid in enumerate(batch["id"]):
+        if sid not in first:
+            first[sid] = len(rows)
+            rows.append(i)
+        image_of.append(first[sid])
+    return batch["pixel_values"][rows], torch.tensor(image_of, dtype=torch.long)
+
+
 def answer_questions(
     task: VQATask, loader: EvalLoader, rank: int, answer_list: list[str] | None
 ) -> list[dict[str, Any]]:
@@ -108,10 +126,11 @@ def answer_questions(
     s = task.settings
     out = []
     for batch in progress(loader, total=len(loader), desc=f"vqa: {s.inference}", enabled=rank == 0, leave=False):
+        pixels, image_of = distinct_images(batch)
         if answer_list is not None:
-            preds = task.rank_answers(batch["pixel_values"], batch["question"], answer_list, s.k_test)
+            preds = task.rank_answers(pixels, batch["question"], answer_list, s.k_test, image_of)
         else:
-            preds = task.generate_answers(batch["pixel_values"], batch["question"])
+            preds = task.generate_answers(pixels, batch["question"], image_of)
         for qid, pred, answers, atype in zip(batch["question_id"], preds, batch["answers"], batch["answer_type"]):
             out.append({"question_id": qid, "answer": pred, "answers": list(answers), "answer_type": atype})
     return out

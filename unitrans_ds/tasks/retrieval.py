@@ -88,7 +88,8 @@ class RetrievalTask(Task):
         return ids, mask, feat
 
     def itm_logits(self, image_tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """ITM head logits [B, 2] for pairs (image_tokens[i], text ids[i]); the first token becomes [ENC]."""
+        """ITM head logits [B, 2] for pairs (image_tokens[i], text ids[i]); the first token becomes [ENC].
+        `image_tokens` [1, L, D] pairs one image with every text (the cross-attention broadcasts it)."""
         ids = ids.clone()
         ids[:, 0] = self.enc_id
         out = self.model.text_encoder(

@@ -92,9 +92,14 @@ class VQATask(Task):
             train_shards=cfg.data.train_shards,
         )
 
-    def encode_questions(self, pixel_values: torch.Tensor, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image-grounded question states [B, Lq, D] (with QASN, when on) and their mask."""
+    def encode_questions(
+        self, pixel_values: torch.Tensor, questions: list[str], image_of: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image-grounded question states [B, Lq, D] (with QASN, when on) and their mask. `image_of` [B]: question
+        i asks about image `image_of[i]` of `pixel_values` (evaluation passes each distinct image once)."""
         image_tokens, _ = self.encode_images(pixel_values)
+        if image_of is not None:
+            image_tokens = image_tokens[image_of.to(image_tokens.device)]
         ids, mask = self.tokenize(questions, first_token=self.enc_id)
         out = self.model.text_encoder(
             input_ids=ids,
@@ -145,11 +150,16 @@ class VQATask(Task):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def rank_answers(
-        self, pixel_values: torch.Tensor, questions: list[str], answer_list: list[str], k: int
+        self,
+        pixel_values: torch.Tensor,
+        questions: list[str],
+        answer_list: list[str],
+        k: int,
+        image_of: torch.Tensor | None = None,
     ) -> list[str]:
         """BLIP's rank inference: the k answers with the highest first-token probability are re-scored by their
-        full likelihood; the best one wins."""
-        states, smask = self.encode_questions(pixel_values, questions)
+        full likelihood; the best one wins. `image_of` as in `encode_questions`."""
+        states, smask = self.encode_questions(pixel_values, questions, image_of)
         a_ids, a_mask = self.tokenize(answer_list, max_length=self.max_answer_tokens, first_token=self.bos_id)
         n = states.shape[0]
         start = torch.full((n, 1), self.bos_id, device=self.device, dtype=torch.long)
@@ -178,8 +188,10 @@ class VQATask(Task):
         return [answer_list[i] for i in best.tolist()]
 
     @torch.no_grad()
-    def generate_answers(self, pixel_values: torch.Tensor, questions: list[str]) -> list[str]:
-        states, smask = self.encode_questions(pixel_values, questions)
+    def generate_answers(
+        self, pixel_values: torch.Tensor, questions: list[str], image_of: torch.Tensor | None = None
+    ) -> list[str]:
+        states, smask = self.encode_questions(pixel_values, questions, image_of)
         bos = torch.full((states.shape[0], 1), self.bos_id, device=self.device, dtype=torch.long)
         out = self.model.text_decoder.generate(
             input_ids=bos,
