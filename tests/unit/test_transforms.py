@@ -175,6 +175,15 @@ def test_normalize_batch_matches_clip_formula_and_moves_channels():
     assert out.shape == (2, 3, 4, 5) and out.dtype == torch.float32
     torch.testing.assert_close(out, ref.permute(0, 3, 1, 2), atol=1e-5, rtol=1e-5)
     assert normalize_batch(np.zeros((2, 3, 4, 5, 3), np.uint8)).shape == (2, 3, 3, 4, 5)
+    # The CPU path (a lookup table per channel) gives the bits of the device path's two float32 operations,
+    # x * (1 / (255 std)) + (-mean / std), for every level, on images, video and a non-contiguous batch.
+    levels = torch.arange(256, dtype=torch.uint8).repeat(3).view(1, 1, 256, 3)  # every level in every channel
+    video = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, 3, 6, 7, 3), dtype=np.uint8))
+    mul = torch.tensor([1.0 / (255.0 * s) for s in CLIP_STD]).view(3, 1, 1)
+    add = torch.tensor([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD)]).view(3, 1, 1)
+    for batch in (levels, video, video[:, :, 1:5]):
+        want = batch.movedim(-1, -3).float().mul_(mul).add_(add)
+        assert torch.equal(normalize_batch(batch), want)
     with pytest.raises(ValueError, match="uint8"):
         normalize_batch(np.zeros((2, 4, 5, 3), np.float32))
 
