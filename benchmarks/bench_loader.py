@@ -152,28 +152,36 @@ def _cpu_seconds() -> tuple[float, float]:
     return t.user + t.system, t.children_user + t.children_system
 
 
-def measure(make_iter, passes: int, desc: str) -> tuple[float, float, float]:
-    """(images per wall second, main-process CPU ms per image, worker CPU ms per image) over `passes` passes.
+def measure(make_iter, passes: int, desc: str) -> tuple[float, float, float, float]:
+    """(images per wall second, main-process CPU ms per image, worker CPU ms per image, the part of the main
+    process's ms per image spent starting and stopping each pass's workers) over `passes` passes.
 
     Full passes, so every batch a worker prepares is consumed; the iterator is dropped after each pass so
     its workers exit and their CPU time is counted. CPU per image is what stays meaningful on a machine
-    shared with other jobs; 1000 / (main + worker ms) is the rate of one dedicated core.
+    shared with other jobs; 1000 / (main + worker ms) is the rate of one dedicated core. Starting and stopping
+    the workers (fork, join, a garbage collection) is a fixed cost per pass, about 0.4 s of main-process CPU
+    here, so it weighs 2 ms per image on a 200-image pass and nothing on a real epoch: it is reported apart.
     """
     images, wall0, (main0, work0) = 0, time.perf_counter(), _cpu_seconds()
+    fixed = 0.0
     with tqdm(desc=desc, unit="img") as bar:
         for p in range(passes):
+            c0 = time.process_time()
             it = make_iter(p)
+            fixed += time.process_time() - c0
             for batch in it:
                 x = batch["pixel_values"] if isinstance(batch, dict) else batch
                 if x.dtype == torch.uint8:
                     x = normalize_batch(x)
                 images += x.shape[0]
                 bar.update(x.shape[0])
+            c0 = time.process_time()
             del it
             gc.collect()
+            fixed += time.process_time() - c0
     wall = time.perf_counter() - wall0
     main1, work1 = _cpu_seconds()
-    return images / wall, 1000 * (main1 - main0) / images, 1000 * (work1 - work0) / images
+    return images / wall, 1000 * (main1 - main0) / images, 1000 * (work1 - work0) / images, 1000 * fixed / images
 
 
 def main() -> None:
@@ -219,7 +227,7 @@ def main() -> None:
                 drop_last=True,
             )
             loaders[name] = lambda _p, dl=dl: iter(dl)
-        runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in loaders}
+        runs: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in loaders}
         for r in range(args.rounds):
             for name in list(loaders) if r % 2 == 0 else reversed(list(loaders)):
                 runs[name].append(measure(loaders[name], args.passes, f"round {r + 1}: {name}"))
@@ -229,31 +237,42 @@ def main() -> None:
 
     rows = []
     for name, rr in runs.items():
-        per_core = [1000 / (m + w) for _, m, w in rr]
-        rows.append((name, *(median([x[i] for x in rr]) for i in range(3)), median(per_core), per_core))
+        per_core = [1000 / (m + w) for _, m, w, _ in rr]
+        steady = [1000 / (m - f + w) for _, m, w, f in rr]
+        rows.append((name, *(median([x[i] for x in rr]) for i in range(4)), median(per_core), per_core, steady))
     print(
         f"\n{args.images} JPEGs 640x480 -> {args.size}px train transforms, batch {args.batch}, workers {args.workers}, "
         f"{args.rounds} interleaved rounds (medians)"
     )
     print(
-        f"{'loader':<28}{'img/s wall':>11}{'per worker':>11}{'main ms/img':>12}{'worker ms/img':>14}{'img/core-s':>11}"
-        "  rounds"
+        f"{'loader':<28}{'img/s wall':>11}{'per worker':>11}{'main ms/img':>12}{'(start/stop)':>13}"
+        f"{'worker ms/img':>14}{'img/core-s':>11}{'steady':>8}  rounds"
     )
-    for name, rate, main_ms, work_ms, core, per_core in rows:
+    for name, rate, main_ms, work_ms, fixed_ms, core, per_core, steady in rows:
         print(
-            f"{name:<28}{rate:>11.1f}{rate / per_worker:>11.1f}{main_ms:>12.2f}{work_ms:>14.2f}{core:>11.1f}"
-            f"  {min(per_core):.1f}..{max(per_core):.1f}"
+            f"{name:<28}{rate:>11.1f}{rate / per_worker:>11.1f}{main_ms:>12.2f}{fixed_ms:>13.2f}{work_ms:>14.2f}"
+            f"{core:>11.1f}{median(steady):>8.1f}  {min(per_core):.1f}..{max(per_core):.1f}"
         )
-    print("CPU columns: CPU time per image in this process and in the workers; img/core-s = 1000 / their sum.")
+    print(
+        "CPU columns: CPU time per image in this process and in the workers; img/core-s = 1000 / their sum. "
+        "(start/stop): the main process's part spent starting and stopping each pass's workers, a fixed cost per "
+        "pass; steady = 1000 / (main - start/stop + worker), the rate over a long epoch."
+    )
     result = {"machine": machine_line(), "args": {k: str(v) for k, v in vars(args).items()}, "loaders": {}}
-    for name, rate, main_ms, work_ms, core, per_core in rows:
+    for name, rate, main_ms, work_ms, fixed_ms, core, per_core, steady in rows:
         result["loaders"][name] = {
             "images_per_s_wall": rate,
             "main_cpu_ms_per_image": main_ms,
+            "main_cpu_ms_per_image_worker_start_stop": fixed_ms,
             "worker_cpu_ms_per_image": work_ms,
             "images_per_core_s": core,
             "images_per_core_s_rounds": per_core,
-            "rounds": [dict(zip(("images_per_s_wall", "main_cpu_ms", "worker_cpu_ms"), x)) for x in runs[name]],
+            "images_per_core_s_steady": median(steady),
+            "images_per_core_s_steady_rounds": steady,
+            "rounds": [
+                dict(zip(("images_per_s_wall", "main_cpu_ms", "worker_cpu_ms", "main_start_stop_cpu_ms"), x))
+                for x in runs[name]
+            ],
         }
     write_results(args.json, result)
 
