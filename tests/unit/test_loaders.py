@@ -10,6 +10,7 @@ import random
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers.shardgen import make_image_shards, make_video_shards, video_sample, write_shards
@@ -20,7 +21,7 @@ from unitrans_ds.data.loaders import (
     eval_loader_from_config,
     train_loader_from_config,
 )
-from unitrans_ds.data.pipeline import frame_indices
+from unitrans_ds.data.pipeline import frame_indices, stack_pixels
 from unitrans_ds.data.skips import SkipCounter, SkipTotals, describe_loss, loss_summary
 
 SIZE = 32
@@ -361,3 +362,22 @@ def test_device_option_gives_the_same_batches(shards):
     plain = next(iter(build_train_loader(shards, **kw)))
     on_device = next(iter(build_train_loader(shards, device="cpu", **kw)))
     assert torch.equal(plain["pixel_values"], on_device["pixel_values"])
+
+
+class _Stacks(torch.utils.data.IterableDataset):
+    """Yields (stack_pixels of some arrays, np.stack of the same arrays, whether the first is in shared memory)."""
+
+    def __iter__(self):
+        rng = np.random.default_rng(0)
+        for _ in range(2):
+            arrays = [rng.integers(0, 256, (5, 6, 3), dtype=np.uint8) for _ in range(4)]
+            out = stack_pixels(arrays)
+            yield out, torch.from_numpy(np.stack(arrays)), out.is_shared()
+
+
+def test_pixels_are_stacked_into_shared_memory_in_a_worker_and_equal_np_stack():
+    batches = list(torch.utils.data.DataLoader(_Stacks(), batch_size=None, num_workers=1))
+    assert len(batches) == 2
+    for got, want, shared in batches:
+        assert shared and got.dtype == torch.uint8 and torch.equal(got, want)
+    assert not stack_pixels([np.zeros((2, 2, 3), np.uint8)]).is_shared()  # the main process keeps plain memory
