@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 
 import pytest
 
@@ -166,3 +167,38 @@ def test_rank_sweep_plot_with_error_bars_and_bands(tmp_path):
         (m, r, 2) for m in ("unitrans", "lora") for r in (2, 4, 8)
     ]
     assert float(rows[0]["std"]) == pytest.approx(0.7071, abs=1e-4)
+
+
+def test_question_types_scores_each_method_per_type_against_the_types_constant(tmp_path, capsys):
+    """Real scenes clip shards; one run answers every question with its majority answer, one with a word no
+    question has, one with each type's most frequent answer: 100, 0 and exactly the constant column."""
+    from collections import Counter
+
+    from benchmarks.transfer import question_types
+    from unitrans_ds import make_shards
+
+    split = tmp_path / "shards" / TASKS["video_qa"].shards / "test"
+    make_shards.main(["--format", "scenes", "--domain", "b", "--task_set", "video", "--split", "test",
+                      "--num_samples", "6", "--frames", "2", "--image_size", "32", "--out", str(split),
+                      "--no_progress"])  # fmt: skip
+    questions = question_types.load_questions(split)
+    per_type = Counter(t for t, _ in questions.values())
+    top = {t: Counter(a for tt, a in questions.values() if tt == t).most_common(1)[0][0] for t in per_type}
+    answers = {
+        "right": {q: a for q, (_, a) in questions.items()},
+        "wrong": dict.fromkeys(questions, "zzz"),
+        "prior": {q: top[t] for q, (t, _) in questions.items()},
+    }
+    for method, given in answers.items():
+        out = tmp_path / "runs" / "report" / "video_qa" / f"{method}-r16-lr0.01-s0" / "eval" / "test_step000200"
+        out.mkdir(parents=True)
+        (out / "vqa_results.json").write_text(json.dumps([{"question_id": q, "answer": a} for q, a in given.items()]))
+    args = ["--run_root", str(tmp_path / "runs"), "--shards", str(tmp_path / "shards")]
+    capsys.readouterr()  # make_shards' own lines
+    assert question_types.main(args) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:-1]]
+    assert len(rows) == len(per_type) >= 3
+    for row in rows:  # type words, n, constant, then the methods in name order: prior, right, wrong
+        n, constant, prior, right, wrong = (float(x) for x in row[-5:])
+        assert (right, wrong) == (100.0, 0.0) and prior == constant and n == per_type[" ".join(row[:-5])]
+    assert question_types.main(["--run_root", str(tmp_path / "none"), "--shards", str(tmp_path / "shards")]) == 1
