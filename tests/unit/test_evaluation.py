@@ -348,6 +348,10 @@ def test_vqa_encodes_each_distinct_image_once_with_the_same_answers(shards):
     pixels, image_of = distinct_images(batch)
     assert len(pixels) == len(set(batch["id"])) < len(batch["id"])  # the fixture has several questions per image
     assert torch.equal(pixels[image_of], batch["pixel_values"])  # every question keeps its own image
+    # only neighbours with the same id merge, and an item without an id never does
+    fake = {"id": ["a", "a", "None", "None", "b", "a"], "pixel_values": torch.arange(6)}
+    rows, index = distinct_images(fake)
+    assert rows.tolist() == [0, 2, 3, 4, 5] and index.tolist() == [0, 0, 1, 2, 3, 4]
     with torch.no_grad():
         task.eval()
         states, mask = task.encode_questions(pixels, batch["question"], image_of)

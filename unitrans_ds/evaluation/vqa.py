@@ -106,16 +106,16 @@ def resolve_answer_list(answer_list: str | None, train_shards: str) -> list[str]
 def distinct_images(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """An evaluation batch's distinct images and, per question, which of them it asks about.
 
-    Evaluation has one item per question, so an image with several questions comes once per question (its
-    questions are consecutive). Its pixels are the same every time (evaluation transforms are deterministic, and
-    the item is the sample's), so the ViT runs once per distinct sample id: 8 questions per image made it 8x."""
-    first: dict[str, int] = {}  # sample id -> its row among the distinct images
+    Evaluation has one item per question, so an image with several questions comes once per question, and its
+    questions are consecutive. Their pixels are the same (evaluation transforms are deterministic, and the item
+    is the sample's), so the ViT runs once per run of consecutive questions with the same sample id: 8 questions
+    per image made it 8x. Only neighbours are merged, and never items whose sample has no id (`"None"`)."""
+    ids = batch["id"]
     rows, image_of = [], []
-    for i, sid in enumerate(batch["id"]):
-        if sid not in first:
-            first[sid] = len(rows)
+    for i, sid in enumerate(ids):
+        if not (i and sid == ids[i - 1] and sid != "None"):
             rows.append(i)
-        image_of.append(first[sid])
+        image_of.append(len(rows) - 1)
     return batch["pixel_values"][rows], torch.tensor(image_of, dtype=torch.long)
 
 
