@@ -136,8 +136,6 @@ def estimate(cfg: Config) -> dict:
 
 def dry_run(config: str | None, overrides: list[str], ds_config: str, micro_batch: int = 2, work: str | None = None):
     """Run the dry run of `config` (see the module docstring); returns the summary dict it also writes."""
-    from ..engine.trainer import Trainer
-
     real = load_config(config, overrides)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world != 1:  # every rank would write the same samples and shards at once
@@ -154,7 +152,26 @@ def dry_run(config: str | None, overrides: list[str], ds_config: str, micro_batc
     name = Path(config).stem if config else "default"
     work_dir = Path(work or f"runs/dry_run/{name}")
     shutil.rmtree(work_dir, ignore_errors=True)
-    torch.set_flush_denormal(True)
+    previous = flushes_denormals()
+    torch.set_flush_denormal(True)  # random-init BLIP computes on subnormals, several times slower on x86
+    try:
+        return _run(real, config, overrides, ds_config, micro_batch, world, work_dir)
+    finally:  # a process-wide mode: left on, it changed the bits of every later computation in the process
+        torch.set_flush_denormal(previous)
+
+
+def flushes_denormals() -> bool:
+    """Whether this thread computes with subnormals flushed to zero: torch can set the mode but not read it, and a
+    subnormal input multiplies to exactly 0 when it is on."""
+    return bool((torch.tensor([1e-39], dtype=torch.float32) * 2.0).item() == 0.0)
+
+
+def _run(
+    real: Config, config: str | None, overrides: list[str], ds_config: str, micro_batch: int, world: int, work_dir: Path
+) -> dict:
+    """The dry run's work, once its inputs are checked (see `dry_run`)."""
+    from ..engine.trainer import Trainer
+
     shards = write_shards(real, work_dir)
     blip_shaped_tokenizer(work_dir / "tokenizer")
     cfg = load_config(config, [*overrides, *dry_run_overrides(real, shards, work_dir, micro_batch, world)])
