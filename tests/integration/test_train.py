@@ -277,8 +277,15 @@ def _tree(runner_pid: int, timeout: float = 120) -> tuple:
     t0 = time.time()
     while time.time() - t0 < timeout:
         procs = psutil.Process(runner_pid).children(recursive=True)
-        launcher = [p for p in procs if "deepspeed.launcher.launch" in " ".join(p.cmdline())]
-        ranks = [p for p in procs if "launchers/train.py" in " ".join(p.cmdline()) and p not in launcher]
+
+        def cmdline(p) -> str:  # a short-lived child can exit between the listing and this read (CI, once)
+            try:
+                return " ".join(p.cmdline())
+            except psutil.NoSuchProcess:
+                return ""
+
+        launcher = [p for p in procs if "deepspeed.launcher.launch" in cmdline(p)]
+        ranks = [p for p in procs if "launchers/train.py" in cmdline(p) and p not in launcher]
         if launcher and len(ranks) == 2:
             return launcher[0], sorted(ranks, key=lambda p: int(p.environ()["RANK"]))
         time.sleep(0.2)
