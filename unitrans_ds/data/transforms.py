@@ -259,7 +259,8 @@ _LUT = (torch.arange(256, dtype=torch.float32).view(1, 256) * _MUL.view(3, 1)).a
 def _normalize_lut(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """CPU: each image's channels split into planes (uint8, cheap) and mapped through the table into `out`'s
     channel planes with OpenCV's LUT: one read and one contiguous write per value instead of a strided convert,
-    a multiply and an add over the float batch (BLIP-base 384 px: 0.62 against 1.2 ms per image, same output)."""
+    a multiply and an add over the float batch (384 px, batch 16: 0.715 of their CPU time, same output;
+    benchmarks/bench_normalize.py)."""
     src = x.reshape(-1, *x.shape[-3:]).contiguous().numpy()
     dst = out.view(-1, 3, *x.shape[-3:-1]).numpy()
     for i in range(len(src)):
