@@ -34,6 +34,8 @@ from unitrans_ds.config import Config, load_config
 from unitrans_ds.engine.distributed import shutdown_distributed
 from unitrans_ds.tasks.registry import TASKS
 
+from .vision_stage import VisionRecipe, train_vision_stage, with_vision
+
 #: the tiny sizes of every demo backbone: ~1.9M (retrieval, captioning) and ~3.1M (VQA) parameters
 TINY_SIZES = {
     "vision_width": 128,
@@ -64,6 +66,9 @@ class Recipe:
     init_from: str = "tiny"
     # `captioning`: `init_from` holds a captioning model, converted first by `vqa_from_captioning`
     init_class: str | None = None
+    # replace init_from's ViT by the vision stage's (vision_stage.py) before training: BLIP's ViT starts from
+    # ImageNet, not from random weights
+    vision: bool = False
     # a next stage, trained from this one's output (a warm restart of the schedule); only the last is released
     then: Recipe | None = None
 
@@ -254,6 +259,7 @@ def pretrain_task(
     run_name: str | None = None,
     prev: str | Path | None = None,
     models_root: str | Path | None = None,
+    vision_file: str | Path | None = None,
 ) -> dict:
     """Full training of the `task` class on domain A, then `save_pretrained` into `<out_root>/tiny-blip-<task>/`.
 
@@ -268,6 +274,10 @@ def pretrain_task(
         init = str(vqa_from_captioning(init, Path(run_root) / f"{task}_init"))
     elif recipe.init_class is not None:
         raise ValueError(f"no conversion from {recipe.init_class} to {task}")
+    if recipe.vision:
+        if vision_file is None:
+            raise ValueError(f"the {task} recipe starts from the vision stage's ViT: pass vision_file")
+        init = str(with_vision(init, task, vision_file, Path(run_root) / f"{run_name or task}_init", seed))
     given, recipe = recipe, dataclasses.replace(recipe, init_from=init)
     cfg = pretrain_config(task, recipe, Path(shards_root) / "image_a" / "train", run_dir, seed, track, threads)
     resume = _resumable(run_dir, cfg)
@@ -345,7 +355,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--no_sanity", dest="sanity", action="store_false", help="skip the zero-shot eval on A and B val after"
     )
+    p.add_argument(
+        "--no_vision_stage",
+        dest="vision_stage",
+        action="store_false",
+        help="start every recipe from its own init, without the vision stage's ViT",
+    )
     return p.parse_args(argv)
+
+
+def data_seed(shards: str | Path) -> int:
+    """The scenes generator's seed of `<shards>/image_a/train` (its manifest), which the vision stage redraws."""
+    path = Path(shards) / "image_a" / "train" / "manifest.json"
+    try:
+        return int(json.loads(path.read_text())["args"]["seed"])
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise SystemExit(
+            f"error: cannot read the scenes seed from {path} ({e}); build the shards with ./shards/make_scenes.sh"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,8 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     # bit-identical reruns: refuse (warn on) nondeterministic kernels
     torch.use_deterministic_algorithms(True, warn_only=True)
     total = time.perf_counter()
+    vision_file = None
+    if args.vision_stage and any(r.vision for task in args.tasks for r in stages(RECIPES[task])):
+        recipe = VisionRecipe() if args.epochs is None else VisionRecipe(epochs=args.epochs)
+        vision_file = train_vision_stage(Path(args.run_root) / "vision", recipe, args.seed, data_seed(args.shards))
     for task in args.tasks:
-        chain = stages(RECIPES[task])
+        chain = [dataclasses.replace(r, vision=r.vision and args.vision_stage) for r in stages(RECIPES[task])]
         if args.epochs is not None:
             chain = [dataclasses.replace(r, epochs=args.epochs) for r in chain]
         prev = None
@@ -370,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[pretrain] {name}: {recipe} on {args.shards}/image_a/train", flush=True)
             record = pretrain_task(
                 task, out, recipe, args.shards, args.ds_config, args.seed, args.run_root, args.track, args.threads,
-                run_name=name, prev=prev, models_root=args.out,
+                run_name=name, prev=prev, models_root=args.out, vision_file=vision_file,
             )  # fmt: skip
             prev = out / folder_name(task)
             if len(chain) > 1:
