@@ -229,7 +229,10 @@ def probe_frozen(folder: str | Path, task: str, recipe: VisionRecipe, seed: int 
     from unitrans_ds.config.schema import ModelConfig
     from unitrans_ds.models.build import load_backbone
 
-    vision = load_backbone(ModelConfig(init_from=str(folder), image_size=64), task, seed).model.vision_model.float()
+    if str(folder) == "tiny":  # the seeded random ViT: what a ViT's tokens hold before any training
+        vision = tiny_vision_model(seed)
+    else:
+        vision = load_backbone(ModelConfig(init_from=str(folder), image_size=64), task, seed).model.vision_model.float()
     data, test = scene_images(data_seed, "train", recipe.images), scene_images(data_seed, "test", 500)
     torch.manual_seed(seed)
     probe = CellProbe(vision.config.hidden_size, vision.config.image_size // vision.config.patch_size)
@@ -251,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--out", default="runs/pretrain/vision", help="where the ViT goes (default: %(default)s)")
     p.add_argument(
-        "--probe", metavar="FOLDER", default=None, help="instead: linear-probe the frozen ViT of this BLIP folder"
+        "--probe",
+        metavar="FOLDER",
+        default=None,
+        help="instead: linear-probe the frozen ViT of this BLIP folder (`tiny`: the seeded random ViT)",
     )
     p.add_argument("--probe_task", default="retrieval", help="the BLIP class of --probe's folder")
     args = p.parse_args(argv)
