@@ -69,6 +69,18 @@ def test_tiny_init_is_deterministic_and_leaves_global_rng_alone():
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+@torch.no_grad()
+def test_a_tiny_vit_starts_with_weights_that_pass_the_image_on():
+    # HF's BlipVisionConfig initialises with std 1e-10: the ViT was all zeros and its output the same for any image
+    model = load_backbone(tiny_cfg(), "captioning").model
+    for name in ("embeddings.patch_embedding.weight", "encoder.layers.0.self_attn.qkv.weight"):
+        std = model.vision_model.state_dict()[name].std().item()
+        assert 0.01 < std < 0.04, (name, std)
+    pixels = torch.randn(2, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(0))
+    out = model.vision_model(pixel_values=pixels).last_hidden_state[:, 1:]
+    assert (out[0] - out[1]).abs().mean() > 0.1 * out.abs().mean()
+
+
 def test_config_hash_tracks_architecture_only():
     base = load_backbone(tiny_cfg(), "retrieval")
     assert base.config_hash == load_backbone(tiny_cfg(), "retrieval", seed=5).config_hash

@@ -60,6 +60,10 @@ def tiny_blip_config(
         num_attention_heads=t.vision_heads,
         image_size=image_size,
         patch_size=t.patch_size,
+        # HF's BlipVisionConfig defaults to 1e-10 (BLIP's ViT always loads pretrained weights), which made every
+        # tiny ViT start as all zeros: no image reached the text before training had grown the weights. Tiny
+        # models train from scratch, so the ViT gets the std of its text side and of ViT/timm's init.
+        initializer_range=0.02,
     )
     return BlipConfig(
         text_config=text, vision_config=vision, image_text_hidden_size=t.embed_dim, projection_dim=t.embed_dim
