@@ -69,6 +69,9 @@ class Recipe:
     # replace init_from's ViT by the vision stage's (vision_stage.py) before training: BLIP's ViT starts from
     # ImageNet, not from random weights
     vision: bool = False
+    # module-name regexes kept frozen (`method.freeze`): `vision_model` trains the rest around a locked ViT, so
+    # that full training at the text side's lr does not wash out what the vision stage learned
+    freeze: tuple[str, ...] = ()
     # a next stage, trained from this one's output (a warm restart of the schedule); only the last is released
     then: Recipe | None = None
 
@@ -138,6 +141,7 @@ def pretrain_config(
         "model.image_size=64",
         *(f"model.tiny.{k}={v}" for k, v in TINY_SIZES.items()),
         "method.name=full",
+        f"method.freeze={json.dumps(list(recipe.freeze))}",
         f"data.train_shards={train_shards}",
         "data.val_shards=null",
         "data.test_shards=null",

@@ -215,6 +215,20 @@ def test_restricted_targets_and_unfreeze():
     assert report.parts["backbone"] == sum(p.numel() for p in model.itm_head.parameters())
 
 
+def test_full_training_with_a_locked_vit_trains_everything_but_the_frozen_modules():
+    model = make_tiny("captioning")
+    prepare_model(
+        model, MethodConfig(name="full", freeze=[r"vision_model\.encoder\.layers\.[01]", "vision_model.embeddings"])
+    )
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("vision_model.embeddings", "vision_model.encoder.layers.")) for n in trainable)
+    assert "vision_model.post_layernorm.weight" in trainable
+    assert any(n.startswith("text_decoder.") for n in trainable)
+    model = make_tiny("captioning")
+    with pytest.raises(TargetError, match="method.freeze pattern 'vision_modle'"):
+        prepare_model(model, MethodConfig(name="full", freeze=["vision_modle"]))
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_merge_unmerge(task):
     model = make_tiny(task)

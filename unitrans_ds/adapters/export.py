@@ -36,7 +36,7 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 2
 
 # The MethodConfig fields each kind of method uses; the others do not apply and are not written.
-_ALWAYS = ("unfreeze", "train_temperature")
+_ALWAYS = ("unfreeze", "freeze", "train_temperature")
 _FIELDS_IF = {
     "uses_vcra": ("seed", "train_shared", "share_kv", "learn_scale", "targets"),
     "uses_qasn": ("qasn_activation", "qasn_decoder"),

@@ -160,7 +160,8 @@ def _inject_lora(model: nn.Module, method: MethodConfig, targets: list[Attention
     temp.requires_grad_(want_temp)
 
 
-def _unfreeze(model: nn.Module, patterns: list[str]) -> None:
+def _set_trainable(model: nn.Module, patterns: list[str], trainable: bool, key: str) -> None:
+    """`requires_grad = trainable` for every parameter of the modules whose names fullmatch a pattern."""
     for pattern in patterns:
         rx = re.compile(pattern)
         hit = False
@@ -168,16 +169,16 @@ def _unfreeze(model: nn.Module, patterns: list[str]) -> None:
             if name and rx.fullmatch(name):
                 hit = True
                 for p in module.parameters():
-                    p.requires_grad_(True)
+                    p.requires_grad_(trainable)
         if not hit:
-            raise TargetError(f"unfreeze pattern {pattern!r} matched no module of {type(model).__name__}")
+            raise TargetError(f"method.{key} pattern {pattern!r} matched no module of {type(model).__name__}")
 
 
 def prepare_model(model: nn.Module, method: MethodConfig) -> ParamReport:
     """Freeze the backbone, inject the method's adapters in place, and report what trains.
 
     `model` is any of the three BLIP task classes. Afterwards every backbone weight has `requires_grad=False`
-    (except for `full` and `method.unfreeze`), the shared adapter state sits at `model.unitrans`, and at init the
+    (except for `full` and `method.unfreeze`, less `method.freeze`), the shared adapter state sits at `model.unitrans`, and at init the
     adapted model computes exactly what the frozen model computes (Λb = 0, QASN filters give 0).
     """
     if method.name not in METHODS:
@@ -207,7 +208,8 @@ def prepare_model(model: nn.Module, method: MethodConfig) -> ParamReport:
             _wrap_block(t, state, method)
         for path, bank in qasn:
             _wrap_qasn(model, path, state.banks[bank], method.qasn_activation)
-    _unfreeze(model, method.unfreeze)
+    _set_trainable(model, method.unfreeze, True, "unfreeze")
+    _set_trainable(model, method.freeze, False, "freeze")
     return parameter_report(model, method.name)
 
 

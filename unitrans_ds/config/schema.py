@@ -90,6 +90,11 @@ class MethodConfig:
     mcam_weight: float = _help("lambda_mcam, weight of the MCAM rank-consistency loss.", 1.0)
     mcam_tau: float | None = _help("MCAM softmax temperature; null uses the ITC temperature, detached.", None)
     unfreeze: list[str] = _help("Extra module-name regexes to train (e.g. `itm_head`).", factory=list)
+    freeze: list[str] = _help(
+        "Module-name regexes kept frozen, applied after `unfreeze`: with `full`, trains all but these "
+        "(e.g. `vision_model` for locked-image tuning).",
+        factory=list,
+    )
     lora_alpha: float = _help("LoRA alpha (scaling alpha/r) for the `lora` baseline.", 16.0)
     lora_dropout: float = _help("LoRA dropout for the `lora` baseline.", 0.0)
     train_temperature: bool = _help(
