@@ -8,6 +8,10 @@ rank), then the whole backbone and the demo tokenizer are written with `save_pre
 `<out>/tiny-blip-<task>/`, which `model.init_from` accepts. The weights are stored in fp16 (the loader reads them
 back as fp32) so that the three folders fit in the repository's budget.
 
+First, the vision stage (`vision_stage.py`, into `<run_root>/vision/`, reused when done) trains the tiny ViT to name
+what stands in each grid cell; the recipes start from that ViT and keep it locked (`Recipe.vision`,
+`Recipe.freeze`), as BLIP starts from an ImageNet ViT. `--no_vision_stage` starts each from its own init.
+
 Determinism: a fixed seed drives the init, the data order and dropout, and `train.cpu_threads` pins the math to
 `--threads` threads, so a rerun gives bit-identical tensors on any machine. `pretrain.json` beside the weights
 records the recipe, the time taken and sanity numbers (zero-shot on domain A test and domain B val) unless
@@ -85,29 +89,36 @@ def stages(recipe: Recipe) -> list[Recipe]:
     return out
 
 
+#: the ViT layers a retrieval recipe keeps locked: the last layer stays trainable, since ITC reads the image from the
+#: CLS token, which the vision stage never trained (its probe reads the patch tokens)
+_RETRIEVAL_LOCK = (r"vision_model\.embeddings", r"vision_model\.encoder\.layers\.[0-2]")
+
 RECIPES: dict[str, Recipe] = {
+    # Every backbone starts from the vision stage's ViT (vision_stage.py; BLIP's starts from ImageNet) and keeps it
+    # locked, or all but its last layer: trained at the text side's lr it washed out (pretrained/README.md).
     # 12000 captions per epoch on image_a/train (3000 images x 4), 24000 questions (8 per image)
-    # Retrieval starts from the retrieval model pretrained on `shapes` A (stage 0: the first demo's,
-    # pretrained/shapes/tiny-blip-retrieval, same look as scenes A with fewer colours and shapes): from a random init at lr
-    # 1e-3 ITC sat at its chance value for 225 steps and then oscillated, while this start learned from the first
-    # steps at lr 5e-4 (ITC 3.47 -> 2.52 in 250).
-    # A second stage of 6 epochs restarts the schedule from the first's output: at the end of the first, both losses
-    # were still falling (ITC 1.33, ITM 0.52) and A test R@1 was 21.2 / 14.1 (txt / img), ITM re-ranking below ITC.
+    # Retrieval's text side starts from the retrieval model pretrained on `shapes` A (the first demo's,
+    # pretrained/shapes/tiny-blip-retrieval): from a random init at lr 1e-3 ITC sat at its chance value for 225
+    # steps and then oscillated, while this start learned from the first steps at lr 5e-4 (ITC 3.47 -> 2.52 in 250).
+    # A second stage of 6 epochs restarts the schedule from the first's output (before the vision stage, both
+    # losses were still falling after the first).
     "retrieval": Recipe(
         epochs=6,
         lr=5e-4,
         batch=32,
         warmup_steps=50,
         init_from="pretrained/shapes/tiny-blip-retrieval",
-        then=Recipe(epochs=6, lr=5e-4, batch=32, warmup_steps=50, init_from="{prev}"),
+        vision=True,
+        freeze=_RETRIEVAL_LOCK,
+        then=Recipe(epochs=6, lr=5e-4, batch=32, warmup_steps=50, init_from="{prev}", freeze=_RETRIEVAL_LOCK),
     ),
-    "captioning": Recipe(epochs=4, lr=1e-3, batch=32, warmup_steps=100),
+    "captioning": Recipe(epochs=4, lr=1e-3, batch=32, warmup_steps=100, vision=True, freeze=("vision_model",)),
     # VQA starts from the captioning model, as BLIP's VQA starts from a pretrained BLIP (vision_model and
     # text_decoder as they are; the question encoder from the decoder's BERT, whose cross-attention already reads
     # the image): from a random init (2 epochs, lr 1e-3) the loss sat at 2.94-2.99 from step 250 to the end and
     # the model answered priors only (35.7% on A test; yes/no 53, number 39).
-    # A second stage of 4 epochs restarts the schedule: after the first (2 epochs, with crops) A test accuracy was 44.5 and the
-    # loss still falling (2.81); count and colour questions were learning (59, 51), yes/no and where not yet.
+    # A second stage of 4 epochs restarts the schedule (before the vision stage, A test accuracy was 44.5 after the
+    # first and the loss still falling).
     "vqa": Recipe(
         epochs=2,
         lr=5e-4,
@@ -115,7 +126,8 @@ RECIPES: dict[str, Recipe] = {
         warmup_steps=100,
         init_from="{out}/tiny-blip-captioning",
         init_class="captioning",
-        then=Recipe(epochs=4, lr=5e-4, batch=32, warmup_steps=100, init_from="{prev}"),
+        freeze=("vision_model",),
+        then=Recipe(epochs=4, lr=5e-4, batch=32, warmup_steps=100, init_from="{prev}", freeze=("vision_model",)),
     ),
 }
 

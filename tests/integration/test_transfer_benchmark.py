@@ -42,6 +42,7 @@ def test_pretrain_config_trains_everything_on_domain_a_without_flips(tmp_path):
     assert cfg.data.train_shards.endswith("image_a/train") and cfg.data.val_shards is None
     assert cfg.data.hflip is False and cfg.data.randaugment is False and cfg.train.cpu_threads == 1
     assert cfg.data.min_scale == 1.0  # no random crop: scenes texts name positions and counts
+    assert cfg.method.freeze == ["vision_model"]  # the vision stage's ViT stays locked (pretrained/README.md)
 
 
 @pytest.fixture(scope="module")
