@@ -344,7 +344,8 @@ def sanity_check(
 def _finished(folder: Path, recipe: Recipe) -> bool:
     """`folder` holds a backbone this very recipe released (an earlier stage of an interrupted chain)."""
     path = folder / "pretrain.json"
-    return path.is_file() and json.loads(path.read_text()).get("recipe") == asdict(recipe)
+    # compared as JSON holds it (a tuple field reads back as a list)
+    return path.is_file() and json.loads(path.read_text()).get("recipe") == json.loads(json.dumps(asdict(recipe)))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -375,7 +376,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no_vision_stage",
         dest="vision_stage",
         action="store_false",
-        help="start every recipe from its own init, without the vision stage's ViT",
+        help="start every recipe from its own init and train its ViT too (the recipes before the vision stage)",
     )
     return p.parse_args(argv)
 
@@ -401,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         recipe = VisionRecipe() if args.epochs is None else VisionRecipe(epochs=args.epochs)
         vision_file = train_vision_stage(Path(args.run_root) / "vision", recipe, args.seed, data_seed(args.shards))
     for task in args.tasks:
-        chain = [dataclasses.replace(r, vision=r.vision and args.vision_stage) for r in stages(RECIPES[task])]
+        chain = stages(RECIPES[task])
+        if not args.vision_stage:  # the lock only protects the stage's ViT: without it every ViT trains
+            chain = [dataclasses.replace(r, vision=False, freeze=()) for r in chain]
         if args.epochs is not None:
             chain = [dataclasses.replace(r, epochs=args.epochs) for r in chain]
         prev = None

@@ -3,6 +3,7 @@ that it trains, and that its ViT replaces exactly the ViT of the backbone it sta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -93,3 +94,12 @@ def test_data_seed_is_read_from_the_manifest_and_a_missing_one_is_one_line(tmp_p
         pretrain.data_seed(tmp_path)
     (split / "manifest.json").write_text(json.dumps({"args": {"seed": 7}}))
     assert pretrain.data_seed(tmp_path) == 7
+
+
+def test_a_finished_stage_with_a_locked_vit_is_recognised_for_reuse(tmp_path):
+    # the record is JSON, so the recipe's `freeze` tuple comes back as a list: still the same recipe
+    recipe = pretrain.stages(pretrain.RECIPES["retrieval"])[0]
+    assert recipe.freeze
+    (tmp_path / "pretrain.json").write_text(json.dumps({"recipe": dataclasses.asdict(recipe)}))
+    assert pretrain._finished(tmp_path, recipe)
+    assert not pretrain._finished(tmp_path, dataclasses.replace(recipe, freeze=()))
