@@ -370,7 +370,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run_root", default="runs/pretrain", help="trainer run folders (logs, config)")
     p.add_argument("--track", action="store_true", help="log the runs to MLflow (experiment unitrans-pretrain)")
     p.add_argument(
-        "--no_sanity", dest="sanity", action="store_false", help="skip the zero-shot eval on A and B val after"
+        "--no_sanity",
+        dest="sanity",
+        action="store_false",
+        help="skip the zero-shot eval on A test and B val after each stage",
     )
     p.add_argument(
         "--no_vision_stage",
@@ -425,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             prev = out / folder_name(task)
             if len(chain) > 1:
                 record["stage"] = f"{i + 1} of {len(chain)}"
-            if last and args.sanity:
+            if args.sanity:  # every stage: what a stage adds is the evidence for keeping it
                 record["sanity"] = sanity_check(prev, task, args.shards, Path(args.run_root) / name)
             (prev / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
             print(f"[pretrain] {name}: {json.dumps(record)}", flush=True)
