@@ -363,7 +363,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="shards/scenes",
         help="scenes shards root with image_a/ and image_b/ (./shards/make_scenes.sh)",
     )
-    p.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs (quick trials)")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="override every recipe's and the vision stage's epochs (quick trials)"
+    )
     p.add_argument("--seed", type=int, default=0, help="init / data order / dropout seed (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads; fixed for bit-identical reruns")
     p.add_argument("--ds_config", default="ds_configs/zero0.json", help="DeepSpeed JSON (one rank)")

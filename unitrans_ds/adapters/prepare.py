@@ -178,8 +178,9 @@ def prepare_model(model: nn.Module, method: MethodConfig) -> ParamReport:
     """Freeze the backbone, inject the method's adapters in place, and report what trains.
 
     `model` is any of the three BLIP task classes. Afterwards every backbone weight has `requires_grad=False`
-    (except for `full` and `method.unfreeze`, less `method.freeze`), the shared adapter state sits at `model.unitrans`, and at init the
-    adapted model computes exactly what the frozen model computes (Λb = 0, QASN filters give 0).
+    (except for `full` and `method.unfreeze`, less `method.freeze`), the shared adapter state sits at
+    `model.unitrans`, and at init the adapted model computes exactly what the frozen model computes (Λb = 0, QASN
+    filters give 0).
     """
     if method.name not in METHODS:
         raise ValueError(f"unknown method {method.name!r}; use one of {', '.join(METHODS)}")
