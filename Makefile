@@ -17,9 +17,13 @@ $(VENV)/.installed: pyproject.toml
 .PHONY: setup test test-fast lint train train-2ranks format
 setup: $(VENV)/.installed
 
+# Two pytest workers (pytest-xdist), each taking whole test files, so that a file's module fixtures (shards, a
+# reference run, a tracking server) are built once: while one worker waits on a process starting or a server coming
+# up, the other computes. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -rs --durations=15
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # A quick check while developing: every test but those marked slow (multi-process runs); CI runs `make test`.
 test-fast: $(VENV)/.installed

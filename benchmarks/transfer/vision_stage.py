@@ -53,6 +53,9 @@ class VisionRecipe:
     batch: int = 64
     weight_decay: float = 0.05
     warmup: float = 0.1  # share of the steps
+    # also train the CLS token to name every cell (`SceneHead`): ITC reads the image from CLS alone, which the
+    # cell head never trains
+    scene_head: bool = False
 
 
 def cell_targets(scene: dict) -> np.ndarray:
@@ -102,12 +105,27 @@ class CellProbe(nn.Module):
         return [head(cells) for head in self.heads]
 
 
+class SceneHead(nn.Module):
+    """Every cell's attributes from the CLS token (last hidden state, as `vision_proj` reads it): one Linear per
+    attribute to GRID x GRID x classes logits. Trains CLS to hold the whole scene, as image-text retrieval needs."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.heads = nn.ModuleList([nn.Linear(width, GRID * GRID * len(v)) for v in ATTRIBUTES.values()])
+
+    def forward(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        cls = hidden[:, 0]
+        return [head(cls).reshape(len(cls), GRID * GRID, -1) for head in self.heads]
+
+
 def loss_of(logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
     return sum(nn.functional.cross_entropy(x.flatten(0, 1), targets[..., k].flatten()) for k, x in enumerate(logits))
 
 
 @torch.no_grad()
-def accuracy(vision: nn.Module, probe: CellProbe, pixels: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+def accuracy(
+    vision: nn.Module, probe: nn.Module, pixels: torch.Tensor, targets: torch.Tensor, prefix: str = ""
+) -> dict[str, float]:
     """Per attribute, % of the OCCUPIED cells classified right (an empty cell is easy and would inflate it)."""
     vision.eval()
     logits = [probe(vision(pixel_values=pixels[i : i + 100]).last_hidden_state) for i in range(0, len(pixels), 100)]
@@ -115,7 +133,7 @@ def accuracy(vision: nn.Module, probe: CellProbe, pixels: torch.Tensor, targets:
     out = {}
     for k, name in enumerate(ATTRIBUTES):
         pred = torch.cat([x[k] for x in logits]).argmax(-1)
-        out[name] = round(100.0 * (pred == targets[..., k])[occupied].float().mean().item(), 2)
+        out[prefix + name] = round(100.0 * (pred == targets[..., k])[occupied].float().mean().item(), 2)
     return out
 
 
@@ -128,10 +146,13 @@ def fit(
     seed: int,
     train_vision: bool = True,
     log: Callable[[str], None] | None = None,
+    scene: SceneHead | None = None,
 ) -> dict[str, float]:
-    """Train the probe (and the ViT when `train_vision`) with AdamW and a one-cycle schedule; test accuracies."""
+    """Train the probe, the scene head if given (its accuracies prefixed `cls_`) and the ViT when `train_vision`
+    with AdamW and a one-cycle schedule; test accuracies."""
     pixels, targets = data
-    params = list(probe.parameters()) + (list(vision.parameters()) if train_vision else [])
+    heads = [probe] if scene is None else [probe, scene]
+    params = [p for h in heads for p in h.parameters()] + (list(vision.parameters()) if train_vision else [])
     for p in vision.parameters():
         p.requires_grad_(train_vision)
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -147,13 +168,16 @@ def fit(
         total = 0.0
         for b in range(per_epoch):
             idx = perm[b * recipe.batch : (b + 1) * recipe.batch]
-            loss = loss_of(probe(vision(pixel_values=pixels[idx]).last_hidden_state), targets[idx])
+            hidden = vision(pixel_values=pixels[idx]).last_hidden_state
+            loss = sum(loss_of(head(hidden), targets[idx]) for head in heads)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item()
         acc = accuracy(vision, probe, *test)
+        if scene is not None:
+            acc |= accuracy(vision, scene, *test, prefix="cls_")
         if log is not None:
             log(
                 f"[vision] epoch {epoch + 1}/{recipe.epochs}: loss {total / per_epoch:.3f}, A test accuracy of "
@@ -198,7 +222,8 @@ def train_vision_stage(out: str | Path, recipe: VisionRecipe, seed: int = 0, dat
     torch.manual_seed(seed)
     vision = tiny_vision_model(seed)
     probe = CellProbe(vision.config.hidden_size, vision.config.image_size // vision.config.patch_size)
-    acc = fit(vision, probe, data, test, recipe, seed, log=partial(print, flush=True))
+    scene = SceneHead(vision.config.hidden_size) if recipe.scene_head else None
+    acc = fit(vision, probe, data, test, recipe, seed, log=partial(print, flush=True), scene=scene)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in vision.state_dict().items()}
     save_file(state, str(out / "vision_model.safetensors"), metadata={"format": "pt"})
@@ -249,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=d.images, help="domain A train images (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="passes over them (default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="peak lr of the one-cycle schedule (default: %(default)s)")
+    p.add_argument("--scene_head", action="store_true", help="also train the CLS token to name every cell (SceneHead)")
     p.add_argument("--seed", type=int, default=0, help="init and order seed (default: %(default)s)")
     p.add_argument("--data_seed", type=int, default=0, help="the scenes generator's seed (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
@@ -262,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe_task", default="retrieval", help="the BLIP class of --probe's folder")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    recipe = VisionRecipe(images=args.images, epochs=args.epochs, lr=args.lr)
+    recipe = VisionRecipe(images=args.images, epochs=args.epochs, lr=args.lr, scene_head=args.scene_head)
     if args.probe:
         acc = probe_frozen(args.probe, args.probe_task, recipe, args.seed, args.data_seed)
         print(f"[vision] linear probe of {args.probe}'s frozen ViT: {json.dumps(acc)}", flush=True)

@@ -42,6 +42,20 @@ def test_each_cell_window_covers_the_patches_where_its_objects_are_drawn():
             assert c0 <= px < c0 + vision_stage.WINDOW and r0 <= py < r0 + vision_stage.WINDOW, (obj, (r0, c0))
 
 
+def test_the_scene_head_reads_the_cls_token_only():
+    torch.manual_seed(0)
+    head = vision_stage.SceneHead(16)
+    hidden = torch.randn(2, 65, 16)
+    out = head(hidden)
+    assert [tuple(x.shape) for x in out] == [(2, 9, len(v)) for v in vision_stage.ATTRIBUTES.values()]
+    patches_changed = hidden.clone()
+    patches_changed[:, 1:] += 1.0
+    assert all(torch.equal(a, b) for a, b in zip(out, head(patches_changed)))
+    cls_changed = hidden.clone()
+    cls_changed[:, 0] += 1.0
+    assert not any(torch.equal(a, b) for a, b in zip(out, head(cls_changed)))
+
+
 def test_a_few_epochs_train_the_vit_and_its_probe():
     pixels, targets = vision_stage.scene_images(0, "train", 256)
     test = vision_stage.scene_images(0, "test", 100)
@@ -58,6 +72,21 @@ def test_a_few_epochs_train_the_vit_and_its_probe():
     after = vision_stage.fit(vision, probe, (pixels, targets), test, recipe, seed=0)
     assert train_loss() < 0.6 * loss0
     assert after["size"] > before["size"] + 20, (before, after)  # at least where the objects are, and how big
+
+
+def test_fit_trains_the_scene_head_with_the_cell_head_and_reports_both():
+    pixels, targets = vision_stage.scene_images(0, "train", 64)
+    vision = vision_stage.tiny_vision_model(0)
+    torch.manual_seed(0)
+    probe, scene = (
+        vision_stage.CellProbe(vision.config.hidden_size, 8),
+        vision_stage.SceneHead(vision.config.hidden_size),
+    )
+    start = [p.detach().clone() for p in scene.parameters()]
+    recipe = vision_stage.VisionRecipe(images=64, epochs=1, lr=1e-3, batch=32)
+    acc = vision_stage.fit(vision, probe, (pixels, targets), (pixels[:16], targets[:16]), recipe, seed=0, scene=scene)
+    assert set(acc) == {*vision_stage.ATTRIBUTES, *(f"cls_{k}" for k in vision_stage.ATTRIBUTES)}
+    assert all(not torch.equal(a, b) for a, b in zip(start, scene.parameters()))
 
 
 def test_with_vision_replaces_the_vit_and_keeps_everything_else(tmp_path):
