@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 # Two pytest workers (pytest-xdist), each taking whole test files, so that a file's module fixtures (shards, a
-# reference run, a tracking server) are built once: while one worker waits on a process starting or a server coming
-# up, the other computes. TEST_WORKERS=0 runs everything in this process.
+# reference run, a tracking server) are built once. In one process the suite kept a 2-core machine about 60% busy
+# (one-rank tests, processes starting one after another); two workers about 90%. TEST_WORKERS=0: this process only.
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
