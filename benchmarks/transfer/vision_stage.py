@@ -5,6 +5,7 @@ resolves objects. This stage plays that part for the tiny backbones: supervised 
 the shape (or "none"), colour, size and mark of the object there, on domain A images drawn by the scenes generator
 (the layouts of `./shards/make_scenes.sh`'s image_a/train for the first 3000, the same generator's next indices
 beyond; images only, no texts). Its test numbers come from the generator's test split, which is image_a/test.
+A scene head (`SceneHead`, on by default) also trains the CLS token, which ITC reads, to name every cell.
 
 Why: trained from texts alone, the ViTs learned a bag of colours. A linear probe of the committed retrieval ViT's
 patch tokens (this module's `CellProbe`, ViT frozen) reads colour 99.6% but shape 38.6% (chance 16.7) and mark
@@ -54,7 +55,8 @@ class VisionRecipe:
     weight_decay: float = 0.05
     warmup: float = 0.1  # share of the steps
     # also train the CLS token to name every cell (`SceneHead`): ITC reads the image from CLS alone, which the
-    # cell head never trains (retrieval's A test ITC R@1 19.0 / 15.7 without, 37.2 / 29.4 with: pretrained/README.md)
+    # cell head never trains (retrieval's first stage, A test ITC R@1: 19.0 / 15.7 before it, 37.2 / 29.4 with it;
+    # pretrained/README.md)
     scene_head: bool = True
 
 

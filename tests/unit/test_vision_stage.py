@@ -132,3 +132,13 @@ def test_a_finished_stage_with_a_locked_vit_is_recognised_for_reuse(tmp_path):
     (tmp_path / "pretrain.json").write_text(json.dumps({"recipe": dataclasses.asdict(recipe)}))
     assert pretrain._finished(tmp_path, recipe)
     assert not pretrain._finished(tmp_path, dataclasses.replace(recipe, freeze=()))
+
+
+def test_the_command_without_the_scene_head_records_it_and_writes_the_vit(tmp_path):
+    out = tmp_path / "vision"
+    argv = ["--no_scene_head", "--images", "64", "--epochs", "1", "--out", str(out)]
+    assert vision_stage.main(argv) == 0
+    record = json.loads((out / "vision_stage.json").read_text())
+    assert record["recipe"]["scene_head"] is False and record["recipe"]["images"] == 64
+    assert not any(k.startswith("cls_") for k in record["test_accuracy"])
+    assert (out / "vision_model.safetensors").is_file()
