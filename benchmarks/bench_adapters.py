@@ -37,7 +37,6 @@ from common import (  # noqa: E402  (the script's folder is put on the path firs
     add_machine_args,
     blip_base_config,
     build_blip_base,
-    flush_denormals,
     interleaved,
     machine_line,
     mib,
@@ -200,11 +199,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    flushing = flush_denormals(args.keep_denormals)
     torch.manual_seed(0)
     result: dict = {"machine": machine_line(), "args": {k: str(v) for k, v in vars(args).items()}}
-    result["flush_denormals"] = flushing
-    print(f"machine: {result['machine']}; subnormal floats {'flushed to zero' if flushing else 'kept'}")
+    print(f"machine: {result['machine']}")
     print(
         f"BLIP-base (BlipConfig() defaults, random weights), fp32 CPU, batch {args.batch}, {args.image_size} px, "
         f"35 text tokens, rank {args.rank}; {args.warmup} warmup + {args.repeats} interleaved rounds per variant "

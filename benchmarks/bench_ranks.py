@@ -36,7 +36,6 @@ from common import (  # noqa: E402  (the script's folder is put on the path firs
     add_json_arg,
     add_machine_args,
     build_blip_base,
-    flush_denormals,
     machine_line,
     ratio,
     retrieval_batch,
@@ -96,7 +95,6 @@ def worker(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.set_num_threads(args.threads or 1)
-    flush_denormals(args.keep_denormals)
     from unitrans_ds.adapters import prepare_model
     from unitrans_ds.config import build_config
     from unitrans_ds.engine.optim import build_optimizer

@@ -32,7 +32,6 @@ from common import (  # noqa: E402  (the script's folder is put on the path firs
     add_machine_args,
     build_blip_base,
     current_rss_bytes,
-    flush_denormals,
     interleaved,
     machine_line,
     mib,
@@ -165,7 +164,6 @@ def measure_memory(args) -> dict[str, dict]:
             "--memory_steps",
             str(args.memory_steps),
             *(["--threads", str(args.threads)] if args.threads else []),
-            *(["--keep_denormals"] if args.keep_denormals else []),
         ]
         out[method] = run_json_child(argv)
     return out
@@ -175,13 +173,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    flushing = flush_denormals(args.keep_denormals)
     if args.child:
         print(json.dumps(child(args)))
         return {}
     result: dict = {"machine": machine_line(), "args": {k: str(v) for k, v in vars(args).items()}}
-    result["flush_denormals"] = flushing
-    print(f"machine: {result['machine']}; subnormal floats {'flushed to zero' if flushing else 'kept'}")
+    print(f"machine: {result['machine']}")
     print(
         f"BLIP-base (BlipConfig() defaults, random weights), fp32 CPU, retrieval task, batch {args.batch}, "
         f"{args.image_size} px, 35 text tokens, rank {args.rank}; one step = forward, backward, grad clip, AdamW"

@@ -95,9 +95,10 @@ def base_video_step(batch: int) -> dict:
     )
     from transformers import BlipConfig, BlipForImageTextRetrieval
 
+    from unitrans_ds.models.build import random_init_config
     from unitrans_ds.models.tiny import demo_tokenizer
 
-    blip = BlipConfig()
+    blip = random_init_config(BlipConfig())
     blip.vision_config.image_size = cfg.model.image_size  # 224 px frames: no interpolation needed for the timing
     tok = demo_tokenizer()
     model = BlipForImageTextRetrieval(blip)

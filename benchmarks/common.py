@@ -46,18 +46,13 @@ class Timings:
 
 
 def add_machine_args(p) -> None:
-    """`--threads` and `--keep_denormals`, shared by the model benchmarks (see README: measuring on a shared CPU)."""
+    """`--threads`, shared by the model benchmarks (see README: measuring on a shared CPU)."""
     p.add_argument(
         "--threads",
         type=int,
         default=None,
         help="torch CPU threads (default: torch's choice, one per core). On a shared, busy machine 1 thread and "
         "the CPU-time ratios are the least noisy.",
-    )
-    p.add_argument(
-        "--keep_denormals",
-        action="store_true",
-        help="Compute with subnormal floats (slow on x86; the random init produces many). Default: flush to zero.",
     )
 
 
@@ -195,7 +190,9 @@ def blip_base_config(image_size: int):
     """
     from transformers import BlipConfig
 
-    config = BlipConfig()
+    from unitrans_ds.models.build import random_init_config
+
+    config = random_init_config(BlipConfig())  # HF's vision default would start the ViT near zero
     config.vision_config.image_size = image_size
     return config
 
@@ -220,18 +217,6 @@ def retrieval_batch(batch: int, image_size: int, seed: int = 0) -> dict:
         "text": [CAPTION] * batch,
         "image_idx": torch.arange(batch),
     }
-
-
-def flush_denormals(keep: bool = False) -> bool:
-    """Make the CPU treat subnormal floats as zero, unless `keep`; returns whether flushing is on.
-
-    Why: the randomly initialised BLIP-base produces subnormal values in its frozen forward/backward, and x86 CPUs
-    compute on them many times slower (measured here: a UniTrans step took 3.3x the CPU time without flushing).
-    Full fine-tuning moves the weights out of that regime after a step or two and the adapters do not, so without
-    flushing the comparison measures the random init, not the methods. Trained checkpoints are not expected to
-    sit in that regime; pass `keep` (`--keep_denormals`) to measure with IEEE subnormals anyway.
-    """
-    return bool(torch.set_flush_denormal(not keep)) and not keep
 
 
 # ---------------------------------------------------------------------------------------------- results as JSON

@@ -8,6 +8,7 @@ import torch
 from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
 
 from unitrans_ds.config.schema import ModelConfig
+from unitrans_ds.dryrun.run import blip_shaped_tokenizer
 from unitrans_ds.models.build import load_backbone
 from unitrans_ds.models.convert_blip import ModelLoadError, blip_config_from_state_dict
 from unitrans_ds.models.known_checkpoints import KNOWN_CHECKPOINTS, architecture, known_checkpoint
@@ -43,3 +44,17 @@ def test_random_init_refuses_unknown_names_and_tasks_a_checkpoint_lacks():
         load_backbone(ModelConfig(init_from="random:my_model.pth"), "retrieval")
     with pytest.raises(ModelLoadError, match="holds no retrieval weights; it serves vqa"):
         load_backbone(ModelConfig(init_from="random:model_vqa.pth"), "retrieval")
+
+
+def test_random_init_gives_the_vit_real_weights_not_hf_s_near_zero_default(tmp_path):
+    # HF's vision default (1e-10) made a random ViT-B/16 all but zero: subnormal activations, no image signal
+    tokenizer = blip_shaped_tokenizer(tmp_path / "tokenizer")
+    model_cfg = ModelConfig(init_from="random:model_base_retrieval_coco.pth", tokenizer=str(tokenizer))
+    backbone = load_backbone(model_cfg, "retrieval")
+    vit = backbone.model.vision_model
+    assert 0.015 < vit.encoder.layers[0].self_attn.qkv.weight.std().item() < 0.025
+    assert 0.015 < vit.embeddings.patch_embedding.weight.std().item() < 0.025
+    with torch.no_grad():
+        out = vit(pixel_values=torch.randn(1, 3, 224, 224)).last_hidden_state
+    tiny = out.abs() < torch.finfo(torch.float32).tiny  # subnormal or zero
+    assert tiny.float().mean().item() < 0.01 and out.std().item() > 0.1

@@ -13,9 +13,6 @@ What it does, top to bottom:
    frame count and inference settings (the evaluators clip k_test to the candidates the data has);
 5. prints and writes (`<work>/dry_run.json`) the step times, the peak memory it saw and the activation estimate
    of `dryrun/memory.py` for the config's real micro batch.
-
-Random weights make many subnormal floats, which x86 CPUs compute on several times slower (benchmarks/README.md),
-so they are flushed to zero here; trained checkpoints do not sit in that regime.
 """
 
 from __future__ import annotations
@@ -152,18 +149,7 @@ def dry_run(config: str | None, overrides: list[str], ds_config: str, micro_batc
     name = Path(config).stem if config else "default"
     work_dir = Path(work or f"runs/dry_run/{name}")
     shutil.rmtree(work_dir, ignore_errors=True)
-    previous = flushes_denormals()
-    torch.set_flush_denormal(True)  # random-init BLIP computes on subnormals, several times slower on x86
-    try:
-        return _run(real, config, overrides, ds_config, micro_batch, world, work_dir)
-    finally:  # a process-wide mode: left on, it changed the bits of every later computation in the process
-        torch.set_flush_denormal(previous)
-
-
-def flushes_denormals() -> bool:
-    """Whether this thread computes with subnormals flushed to zero: torch can set the mode but not read it, and a
-    subnormal input multiplies to exactly 0 when it is on."""
-    return bool((torch.tensor([1e-39], dtype=torch.float32) * 2.0).item() == 0.0)
+    return _run(real, config, overrides, ds_config, micro_batch, world, work_dir)
 
 
 def _run(

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoTokenizer, BertTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, BertTokenizer, BlipConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config.schema import ModelConfig
 from .convert_blip import (
@@ -211,6 +211,18 @@ def _build_tiny(model_cfg: ModelConfig, task: str, seed: int) -> tuple[PreTraine
     return model, demo_tokenizer()
 
 
+def random_init_config(config: BlipConfig) -> BlipConfig:
+    """`config` set up to be built with random weights: the ViT initialised like its text side.
+
+    HF's BlipVisionConfig defaults to initializer_range 1e-10 (BLIP's ViT always loads pretrained weights), so a
+    random ViT-B/16 started with every weight near 1e-10: its activations were subnormal floats, which x86 CPUs
+    compute on several times slower, and no image reached the text. Random weights serve dry runs and benchmarks,
+    so the ViT gets its text side's std (0.02, as ViT/timm's init), like the tiny models.
+    """
+    config.vision_config.initializer_range = config.text_config.initializer_range
+    return config
+
+
 def _build_random(model_cfg: ModelConfig, task: str, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """`random:<checkpoint>`: the named original checkpoint's architecture with seeded random weights."""
     name = model_cfg.init_from.removeprefix(RANDOM_PREFIX)
@@ -225,7 +237,7 @@ def _build_random(model_cfg: ModelConfig, task: str, seed: int) -> tuple[PreTrai
             f"model.init_from={model_cfg.init_from!r}: {ckpt.name} ({ckpt.lineage}) holds no {task} weights; "
             f"it serves {', '.join(ckpt.tasks)}"
         )
-    config = architecture(name)
+    config = random_init_config(architecture(name))
     with torch.random.fork_rng(devices=[]):  # seeded, without disturbing the caller's stream
         torch.manual_seed(seed)
         model = task_model_class(task)(config)
