@@ -15,6 +15,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+from unitrans_ds.engine.distributed import prefer_this_environments_ninja  # noqa: E402
+
+# Tests that start a DeepSpeed group in this process (tests/helpers/ds_inprocess.py, test_checkpoint.py,
+# test_ds_config.py) load its CPU communication op without going through `init_distributed`, which puts the
+# environment's ninja first. Under `python -m pytest` without an activated environment they found the system's
+# ninja, which rebuilt the op (40 to 75 s), and the next rank, with the environment's, rebuilt it again: two
+# compiles in every suite run. Set once here for this process and every process it starts.
+prefer_this_environments_ninja()
+
 from unitrans_ds.config.schema import TinyModelConfig  # noqa: E402
 from unitrans_ds.models.tiny import tiny_blip_config  # noqa: E402
 from unitrans_ds.tasks import task_class  # noqa: E402

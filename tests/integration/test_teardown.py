@@ -22,8 +22,10 @@ from unitrans_ds.engine.distributed import shutdown_distributed
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-# More runs, more power to catch a rare abort: set it higher. One by default: every other multi-rank run of the
-# suite (test_train.py's `ok`, test_video.py) also fails on the abort's message, about ten more runs per suite.
+# More runs, more power to catch a rare abort: set it higher. One by default: the suite's other runs under the
+# real `deepspeed` launcher (test_train.py's four SIGTERM runs, test_eval_launcher.py, test_launcher_errors.py) also
+# fail on the abort's message. (test_train.py's other 2-rank runs fork their ranks and end in `os._exit`, which
+# skips the interpreter exit where the abort happened.)
 RUNS = int(os.environ.get("UNITRANS_STRESS_RUNS", "1"))
 
 

@@ -50,12 +50,21 @@ class Server:
             self.proc.wait(timeout=30)
 
 
-@pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path, free_port())
+@pytest.fixture(scope="module")
+def _module_server(tmp_path_factory):
+    """One server for the module (each start costs seconds of CPU); the tests stop and restart it."""
+    s = Server(tmp_path_factory.mktemp("mlflow_server"), free_port())
     s.start()
     yield s
     s.stop()
+
+
+@pytest.fixture
+def server(_module_server):
+    """The module's server, running: a test that failed while it was down leaves it stopped."""
+    if _module_server.proc is None or _module_server.proc.poll() is not None:
+        _module_server.start()
+    return _module_server
 
 
 def _client(uri: str):

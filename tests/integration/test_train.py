@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.forked_ranks import train_forked_ranks
 from helpers.launchers import train_in_process
 from helpers.ports import free_port
 from safetensors.torch import load_file
@@ -70,22 +71,23 @@ def common(shards: Path, out: Path, steps: int = 3) -> list[str]:
 
 
 def launch(args: list[str], ranks: int, env: dict | None = None, ds: str = "zero2", timeout: int = 420):
-    """Run launchers/train.py: as plain python for 1 rank; for 2 under `torchrun`, which the README gives beside
-    the `deepspeed` launcher. These tests are about the ranks' training; the `deepspeed` launcher's own behaviour
-    (signals, exit codes, teardown, one error line, the README's commands) is tested where it matters
-    (test_sigterm_*, test_teardown.py, test_launcher_errors.py, test_eval_launcher.py). It costs about 8 s more
-    per start on a quiet 2-core machine (16 s under load): two extra interpreters each importing DeepSpeed before
-    the ranks start."""
+    """Run launchers/train.py: as plain python for 1 rank; for 2 as `torchrun` would, with ranks forked from a
+    server that imported the stack once (tests/helpers/forked_ranks.py: the launcher's main(), the trainer,
+    DeepSpeed and gloo in two processes, without two fresh interpreters' imports, about 10 s of CPU each). These
+    tests are about the ranks' training; the `deepspeed` launcher's own behaviour (signals, exit codes, teardown,
+    one error line, the README's commands) is tested where it matters (test_sigterm_*, test_teardown.py,
+    test_launcher_errors.py, test_eval_launcher.py)."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1", **(env or {})}
-    cmd = [sys.executable, "launchers/train.py", "--ds_config", f"ds_configs/{ds}.json", *args]
+    argv = ["--ds_config", f"ds_configs/{ds}.json", *args]
     if ranks > 1:
-        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks)]
-        cmd = [*torchrun, "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *cmd[1:]]
+        return train_forked_ranks(argv, ranks, env, timeout)
+    cmd = [sys.executable, "launchers/train.py", *argv]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def ok(proc) -> None:
-    """Exit 0, and no rank aborted at exit (test_teardown.py: the abort came at random, so every run here looks)."""
+    """Exit 0, and no rank aborted at exit (test_teardown.py: the abort came at random, so every run that ends
+    in a real interpreter exit, one rank here, looks; forked ranks end in `os._exit`)."""
     assert proc.returncode == 0 and "terminate called" not in proc.stdout + proc.stderr, (
         f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
     )

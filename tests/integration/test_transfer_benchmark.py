@@ -16,6 +16,7 @@ import pytest
 from benchmarks.transfer import pretrain, run
 from benchmarks.transfer.records import RunRecord
 from benchmarks.transfer.suite import TASKS
+from unitrans_ds import make_shards
 
 REPO = Path(__file__).resolve().parents[2]
 PRETRAINED = REPO / "pretrained"
@@ -51,13 +52,11 @@ def smoke(tmp_path_factory):
     if not (PRETRAINED / "scenes" / "tiny-blip-retrieval" / "model.safetensors").is_file():
         pytest.skip("pretrained/ not built yet")
     root = tmp_path_factory.mktemp("transfer")
-    for split, n in (("train", 64), ("val", 16), ("test", 16)):
-        subprocess.run(
-            [sys.executable, "-m", "unitrans_ds.make_shards", "--format", "scenes", "--domain", "b", "--split", split,
-             "--num_samples", str(n), "--shard_size", "32", "--image_size", "64", "--seed", "0", "--no_progress",
-             "--out", str(root / "shards" / "image_b" / split)],
-            check=True, cwd=REPO, capture_output=True,
-        )  # fmt: skip
+    for split, n in (("train", 64), ("val", 16), ("test", 16)):  # the command's main(), in this process
+        assert make_shards.main(
+            ["--format", "scenes", "--domain", "b", "--split", split, "--num_samples", str(n), "--shard_size", "32",
+             "--image_size", "64", "--seed", "0", "--no_progress", "--out", str(root / "shards" / "image_b" / split)]
+        ) == 0  # fmt: skip
     cmd = [
         sys.executable, "-m", "benchmarks.transfer", "--methods", "frozen", "unitrans", "--tasks", "image_retrieval",
         "--seeds", "0", "1", "--max_steps", "3", "--lr", "0.01", "--no_sweep", "--shards", str(root / "shards"),

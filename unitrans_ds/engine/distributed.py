@@ -50,7 +50,7 @@ def init_distributed() -> tuple[int, int, int]:
             RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
         )
     if not dist.is_initialized():
-        _prefer_this_environments_ninja()
+        prefer_this_environments_ninja()
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if os.environ["WORLD_SIZE"] == "1":
             # One rank has no peer to meet: an in-memory store instead of a TCP store on MASTER_PORT, which a
@@ -70,7 +70,7 @@ def init_distributed() -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), local_rank
 
 
-def _prefer_this_environments_ninja() -> None:
+def prefer_this_environments_ninja() -> None:
     """Put this environment's `ninja` first on PATH before DeepSpeed JIT-builds its CPU communication op.
 
     torch builds the op with the first `ninja` on PATH into one shared cache folder. pip installs a recent ninja

@@ -1,0 +1,103 @@
+"""Multi-rank runs of launchers/train.py whose ranks are forked from a server that imported the stack once.
+
+Each rank started by `torchrun` is a fresh interpreter that imports torch, transformers, DeepSpeed (and its
+ZeRO-2 reduction's Muon module, which imports torch's inductor) and MLflow: about 10 s of CPU per rank, most of a
+tiny run's cost, and the suite's largest on a 2-core machine. Here the standard library's `forkserver` preloads
+those modules once per test process; every rank is a fork of that clean, single-threaded server, sets its own
+environment (RANK, WORLD_SIZE, MASTER_PORT, ... as torchrun would) and runs the launcher's `main()`: the real
+launcher, trainer, DeepSpeed engine and gloo group, in separate processes.
+
+What this does not exercise is a launcher process of its own: tests about the `deepspeed` launcher's signals,
+exit codes and teardown (test_train.py's SIGTERM tests, test_teardown.py, test_launcher_errors.py,
+test_eval_launcher.py) start it for real.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from .ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+PRELOAD = [
+    "torch",
+    "transformers",
+    "mlflow",
+    "deepspeed",
+    "deepspeed.runtime.zero.muon.muon_optimizer",
+    "unitrans_ds.engine.trainer",
+    "unitrans_ds.tasks.registry",
+    "unitrans_ds.evaluation.runner",
+]
+_CONTEXT = None
+
+
+def _context():
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(PRELOAD)
+    return _CONTEXT
+
+
+def _rank_main(argv: list[str], env: dict[str, str], out: str, err: str) -> None:
+    """One rank: this process's environment and output files, then the launcher's main(), exit with its code."""
+    os.chdir(ROOT)
+    os.environ.clear()
+    os.environ.update(env)
+    for stream, path in ((1, out), (2, err)):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, stream)
+        os.close(fd)
+    from helpers.launchers import load_launcher
+
+    try:
+        code = load_launcher("train").main(argv)
+    except SystemExit as e:  # argparse's --help and usage errors
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    atexit._run_exitfuncs()  # what interpreter exit runs after `sys.exit(main())` (MLflow's flush, ...)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def train_forked_ranks(argv: list[str], ranks: int, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node RANKS launchers/train.py ARGV` with forked ranks: the first non-zero exit code of
+    the ranks (0 when all succeed) and their stdout and stderr, rank after rank, as torchrun would collect them."""
+    ctx, port = _context(), free_port()
+    logs = Path(tempfile.mkdtemp(prefix="ranks-"))
+    procs, files = [], []
+    for rank in range(ranks):
+        rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(ranks),
+                    "LOCAL_WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+        out, err = logs / f"rank{rank}.out", logs / f"rank{rank}.err"
+        files.append((out, err))
+        procs.append(ctx.Process(target=_rank_main, args=(argv, rank_env, str(out), str(err))))
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(timeout)
+            if p.exitcode is None:
+                raise subprocess.TimeoutExpired(["forked ranks", *argv], timeout)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    stdout = "".join(Path(o).read_text() for o, _ in files)
+    stderr = "".join(Path(e).read_text() for _, e in files)
+    shutil.rmtree(logs, ignore_errors=True)
+    code = next((p.exitcode for p in procs if p.exitcode), 0)
+    return subprocess.CompletedProcess(["forked ranks", *argv], code, stdout, stderr)
