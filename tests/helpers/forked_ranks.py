@@ -72,6 +72,46 @@ def _rank_main(argv: list[str], env: dict[str, str], out: str, err: str) -> None
     os._exit(code)
 
 
+def _call(fn, rank: int, world: int, port: int, torchrun_env: bool, args: tuple, error_file: str) -> None:
+    if torchrun_env:
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    try:
+        fn(*args) if torchrun_env else fn(rank, *args)
+    except BaseException:
+        Path(error_file).write_text(traceback.format_exc())
+        os._exit(1)
+    os._exit(0)
+
+
+def spawn_ranks(fn, args: tuple, nprocs: int, torchrun_env: bool = False, timeout: float = 300) -> None:
+    """`torch.multiprocessing.spawn(fn, args, nprocs)` with forked ranks: `fn(rank, *args)` in each. With
+    `torchrun_env`, `fn(*args)` in an environment as torchrun sets it (RANK, WORLD_SIZE, MASTER_PORT, ...).
+    A rank that raises fails the call with its traceback."""
+    ctx, port, errors = _context(), free_port(), Path(tempfile.mkdtemp(prefix="ranks-"))
+    procs = [
+        ctx.Process(target=_call, args=(fn, r, nprocs, port, torchrun_env, args, str(errors / f"rank{r}.txt")))
+        for r in range(nprocs)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(timeout)
+            if p.exitcode is None:
+                raise subprocess.TimeoutExpired([str(fn)], timeout)
+        failed = {r: p.exitcode for r, p in enumerate(procs) if p.exitcode}
+        if failed:
+            texts = "".join(f.read_text() for f in sorted(errors.glob("rank*.txt")))
+            raise AssertionError(f"ranks exited with {failed}:\n{texts}")
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+        shutil.rmtree(errors, ignore_errors=True)
+
+
 def train_forked_ranks(argv: list[str], ranks: int, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node RANKS launchers/train.py ARGV` with forked ranks: the first non-zero exit code of
     the ranks (0 when all succeed) and their stdout and stderr, rank after rank, as torchrun would collect them."""

@@ -1,20 +1,18 @@
 """DeepSpeed JSON configs: "auto" filling, one error for all mismatches, DeepSpeed accepts the result.
 
 The slow test runs every shipped config for one optimizer step on 2 real gloo ranks and checks the step equals a
-plain AdamW step over the same global batch. This file is also the worker script of that test (see `__main__`).
+plain AdamW step over the same global batch (`_worker`, in two ranks forked by tests/helpers/forked_ranks.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from helpers.ds_inprocess import forget_deepspeed_groups
+from helpers.forked_ranks import spawn_ranks
 from helpers.ports import free_port
 
 from unitrans_ds.config import build_config
@@ -259,14 +257,8 @@ def _worker(out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_every_shipped_config_trains_on_two_gloo_ranks(tmp_path):
-    here = Path(__file__).resolve()
-    # the repository root for unitrans_ds, tests/ for the helpers this worker script imports
-    path = os.pathsep.join([str(here.parents[2]), str(here.parents[1])])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(free_port()), __file__, str(tmp_path)]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # two ranks with torchrun's environment, forked from the preloading server (tests/helpers/forked_ranks.py)
+    spawn_ranks(_worker, (str(tmp_path),), nprocs=2, torchrun_env=True)
     expected = torch.tensor(_reference_output())
     for rank in (0, 1):
         results = json.loads((tmp_path / f"rank{rank}.json").read_text())
@@ -274,7 +266,3 @@ def test_every_shipped_config_trains_on_two_gloo_ranks(tmp_path):
         for name, res in results.items():
             assert res["steps"] == 1, name
             torch.testing.assert_close(torch.tensor(res["out"]), expected, rtol=1e-4, atol=1e-5, msg=name)
-
-
-if __name__ == "__main__":
-    _worker(sys.argv[1])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers.forked_ranks import spawn_ranks
 from helpers.shardgen import image_sample, write_shards
 
 from unitrans_ds import make_shards
@@ -270,7 +270,7 @@ def test_two_gloo_ranks_give_exactly_the_one_rank_metrics(shards, tmp_path):
     cfg = make_cfg(shards, "retrieval")
     one = make_task(cfg).evaluate(eval_loader(cfg, shards / "test", 0, 1), Dist(0, 1), tmp_path / "one")
     with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_rank_worker, args=(2, os.path.join(d, "init"), str(shards), str(tmp_path)), nprocs=2, join=True)
+        spawn_ranks(_rank_worker, (2, os.path.join(d, "init"), str(shards), str(tmp_path)), nprocs=2)
     r0, r1 = (torch.load(tmp_path / f"r{k}.pt") for k in range(2))
     assert r0["metrics"] == one and r1["metrics"] == one
     a = read_jsonl(tmp_path / "one" / "t2i_topk.jsonl")

@@ -9,8 +9,8 @@ import tempfile
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers.forked_ranks import spawn_ranks
 
 from unitrans_ds.collectives import gather_features
 from unitrans_ds.losses import ITCLoss, ITMLoss, MCAMLoss, js_divergence
@@ -192,7 +192,7 @@ def test_two_ranks_equal_one_rank_with_double_batch():
     n_total = 8
     vals1, grads1 = _losses(0, 1, n_total)
     with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_worker, args=(2, os.path.join(d, "init"), n_total, d), nprocs=2, join=True)
+        spawn_ranks(_worker, (2, os.path.join(d, "init"), n_total, d), nprocs=2)
         r = [torch.load(os.path.join(d, f"rank{k}.pt")) for k in range(2)]
     torch.testing.assert_close(r[0]["vals"], vals1, rtol=1e-5, atol=1e-6)
     # One gather of everything the losses read in the forward, one all_reduce of its gradients in the backward.
