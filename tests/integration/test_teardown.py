@@ -2,7 +2,8 @@
 
 Before the fix nothing tore the process group down: gloo's threads could still be joinable when the interpreter
 exited, and the C++ runtime aborted a finished rank (`terminate called without an active exception`, SIGABRT),
-at random. The stress test repeats a short real training under a CPU-bound process beside it.
+at random. The stress test repeats a short real training under load (a CPU-bound process beside it when the
+suite runs in one process).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def _shm_workspaces(port: int) -> list[str]:
     return sorted(p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
 
 
+# Under pytest-xdist the other workers' tests (2-rank runs, servers) load the cores already; a burner beside them
+# only slowed them (about 50 s of a core per suite). Alone, the test brings its own load.
+PEERS_LOAD_THE_MACHINE = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
+
+
 def _burn() -> None:
     while True:
         pass
@@ -52,7 +58,8 @@ def test_shutdown_destroys_the_group_and_is_idempotent(tmp_path):
 @pytest.mark.slow
 def test_two_rank_training_exits_zero_every_time_under_load(tmp_path):
     burner = mp.get_context("spawn").Process(target=_burn, daemon=True)
-    burner.start()
+    if not PEERS_LOAD_THE_MACHINE:
+        burner.start()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
     try:
         for i in range(RUNS):
@@ -71,8 +78,9 @@ def test_two_rank_training_exits_zero_every_time_under_load(tmp_path):
             assert (out / "adapter_final" / "adapter_model.safetensors").is_file()
             assert _shm_workspaces(port) == []
     finally:
-        burner.kill()
-        burner.join()
+        if burner.is_alive():
+            burner.kill()
+            burner.join()
 
 
 @pytest.mark.slow
