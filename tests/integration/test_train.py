@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers.forked_ranks import train_forked_ranks
 from helpers.launchers import train_in_process
+from helpers.ports import free_port
 from safetensors.torch import load_file
 
 from unitrans_ds import make_shards
@@ -70,24 +71,30 @@ def common(shards: Path, out: Path, steps: int = 3) -> list[str]:
     ]
 
 
-def launch(args: list[str], ranks: int, env: dict | None = None, ds: str = "zero2", timeout: int = 420):
+def launch(
+    args: list[str], ranks: int, env: dict | None = None, ds: str = "zero2", timeout: int = 420, torchrun: bool = False
+):
     """Run launchers/train.py: as plain python for 1 rank; for 2 as `torchrun` would, with ranks forked from a
     server that imported the stack once (tests/helpers/forked_ranks.py: the launcher's main(), the trainer,
-    DeepSpeed and gloo in two processes, without two fresh interpreters' imports, about 10 s of CPU each). These
+    DeepSpeed and gloo in two processes, without two fresh interpreters' imports, about 10 s of CPU each), or
+    under the real `torchrun` (`torchrun=True`, which the README gives beside the `deepspeed` launcher). These
     tests are about the ranks' training; the `deepspeed` launcher's own behaviour (signals, exit codes, teardown,
-    one error line, the README's commands) is tested where it matters (test_sigterm_*, test_teardown.py,
+    one error line, the README's commands) is tested where it matters (test_stop_resume.py, test_teardown.py,
     test_launcher_errors.py, test_eval_launcher.py)."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1", **(env or {})}
     argv = ["--ds_config", f"ds_configs/{ds}.json", *args]
-    if ranks > 1:
+    if ranks > 1 and not torchrun:
         return train_forked_ranks(argv, ranks, env, timeout)
     cmd = [sys.executable, "launchers/train.py", *argv]
+    if ranks > 1:
+        run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks)]
+        cmd = [*run, "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *cmd[1:]]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def ok(proc) -> None:
     """Exit 0, and no rank aborted at exit (test_teardown.py: the abort came at random, so every run that ends
-    in a real interpreter exit, one rank here, looks; forked ranks end in `os._exit`)."""
+    in a real interpreter exit looks: one rank, or 2 under `torchrun`; forked ranks end in `os._exit`)."""
     assert proc.returncode == 0 and "terminate called" not in proc.stdout + proc.stderr, (
         f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
     )
@@ -172,7 +179,8 @@ def test_two_ranks_zero2_each_task_with_mlflow(task, shards, tmp_path):
 def test_other_zero_stages(stage, shards, tmp_path):
     out = tmp_path / "run"
     args = [*common(shards, out, steps=2), "data.test_shards=null", "tracking.enabled=false"]
-    ok(launch(args, ranks=2, ds=stage))
+    # ZeRO-0 under the real `torchrun` (the README's other launcher; its ranks end in a real interpreter exit)
+    ok(launch(args, ranks=2, ds=stage, torchrun=stage == "zero0"))
     tensors = load_file(str(out / "adapter_final" / "adapter_model.safetensors"))
     assert tensors and all(t.numel() > 0 for t in tensors.values())  # ZeRO-3 gathered full tensors
     assert "val/r_mean" in json.loads((out / "final_metrics.json").read_text())
