@@ -72,10 +72,32 @@ def _rank_main(argv: list[str], env: dict[str, str], out: str, err: str) -> None
     os._exit(code)
 
 
+def _torchrun_env(rank: int, world: int, port: int) -> dict[str, str]:
+    """What torchrun sets for a rank on one machine."""
+    return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+
+
+def _run_all(procs: list, timeout: float, what: list[str]) -> None:
+    """Start the ranks and wait for every one; a rank still running after `timeout` fails the call, and none is
+    left behind."""
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(timeout)
+            if p.exitcode is None:
+                raise subprocess.TimeoutExpired(what, timeout)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
 def _call(fn, rank: int, world: int, port: int, torchrun_env: bool, args: tuple, error_file: str) -> None:
     if torchrun_env:
-        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+        os.environ.update(_torchrun_env(rank, world, port))
     try:
         fn(*args) if torchrun_env else fn(rank, *args)
     except BaseException:
@@ -93,51 +115,30 @@ def spawn_ranks(fn, args: tuple, nprocs: int, torchrun_env: bool = False, timeou
         ctx.Process(target=_call, args=(fn, r, nprocs, port, torchrun_env, args, str(errors / f"rank{r}.txt")))
         for r in range(nprocs)
     ]
-    for p in procs:
-        p.start()
     try:
-        for p in procs:
-            p.join(timeout)
-            if p.exitcode is None:
-                raise subprocess.TimeoutExpired([str(fn)], timeout)
+        _run_all(procs, timeout, [str(fn)])
         failed = {r: p.exitcode for r, p in enumerate(procs) if p.exitcode}
         if failed:
             texts = "".join(f.read_text() for f in sorted(errors.glob("rank*.txt")))
             raise AssertionError(f"ranks exited with {failed}:\n{texts}")
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
         shutil.rmtree(errors, ignore_errors=True)
 
 
 def train_forked_ranks(argv: list[str], ranks: int, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node RANKS launchers/train.py ARGV` with forked ranks: the first non-zero exit code of
     the ranks (0 when all succeed) and their stdout and stderr, rank after rank, as torchrun would collect them."""
-    ctx, port = _context(), free_port()
-    logs = Path(tempfile.mkdtemp(prefix="ranks-"))
-    procs, files = [], []
-    for rank in range(ranks):
-        rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(ranks),
-                    "LOCAL_WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
-        out, err = logs / f"rank{rank}.out", logs / f"rank{rank}.err"
-        files.append((out, err))
-        procs.append(ctx.Process(target=_rank_main, args=(argv, rank_env, str(out), str(err))))
-    for p in procs:
-        p.start()
+    ctx, port, logs = _context(), free_port(), Path(tempfile.mkdtemp(prefix="ranks-"))
+    files = [(logs / f"rank{r}.out", logs / f"rank{r}.err") for r in range(ranks)]
+    procs = [
+        ctx.Process(target=_rank_main, args=(argv, {**env, **_torchrun_env(r, ranks, port)}, str(o), str(e)))
+        for r, (o, e) in enumerate(files)
+    ]
     try:
-        for p in procs:
-            p.join(timeout)
-            if p.exitcode is None:
-                raise subprocess.TimeoutExpired(["forked ranks", *argv], timeout)
+        _run_all(procs, timeout, ["forked ranks", *argv])
+        stdout = "".join(o.read_text() for o, _ in files)
+        stderr = "".join(e.read_text() for _, e in files)
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
-    stdout = "".join(Path(o).read_text() for o, _ in files)
-    stderr = "".join(Path(e).read_text() for _, e in files)
-    shutil.rmtree(logs, ignore_errors=True)
+        shutil.rmtree(logs, ignore_errors=True)
     code = next((p.exitcode for p in procs if p.exitcode), 0)
     return subprocess.CompletedProcess(["forked ranks", *argv], code, stdout, stderr)
