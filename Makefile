@@ -12,6 +12,10 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, pinned, so that no other requirement can pull a CUDA build onto a CPU machine
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[dev]"
+	# DeepSpeed's CPU communication op, compiled here once (about a minute), not by the first training run or test
+	# that starts DeepSpeed; with the environment's ninja, as ranks under the launcher use it
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -c "from unitrans_ds.engine.distributed import init_distributed as i, \
+	    shutdown_distributed as s; i(); s()"
 	touch $@
 
 .PHONY: setup test test-fast lint train train-2ranks format
