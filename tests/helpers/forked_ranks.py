@@ -8,7 +8,7 @@ environment (RANK, WORLD_SIZE, MASTER_PORT, ... as torchrun would) and runs the 
 launcher, trainer, DeepSpeed engine and gloo group, in separate processes.
 
 What this does not exercise is a launcher process of its own: tests about the `deepspeed` launcher's signals,
-exit codes and teardown (test_train.py's SIGTERM tests, test_teardown.py, test_launcher_errors.py,
+exit codes and teardown (test_stop_resume.py's SIGTERM tests, test_teardown.py, test_launcher_errors.py,
 test_eval_launcher.py) start it for real.
 """
 

@@ -1,6 +1,7 @@
-"""Stopping a run and resuming it: SIGTERM to a rank, to every rank, to the `deepspeed` launcher or to its runner
-(all ranks stop at one step, save, and a resume is exact), and kill -9 of a one-rank run. The signals go to real
-processes under the real `deepspeed` launcher."""
+"""Stopping a run and resuming it: SIGTERM to one rank, to the whole process group (runner, launcher and ranks at
+once, as a scheduler's job stop or Ctrl-C reach them), or to the `deepspeed` runner alone (its ranks must notice
+that they are orphans): all ranks stop at one step, save, and a resume is exact; and kill -9 of a one-rank run.
+The signals go to real processes under the real `deepspeed` launcher."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import pytest
 import torch
 from helpers.launchers import train_in_process
 from helpers.ports import free_port
+from helpers.runs import assert_same_adapters, launch, no_gap_args, ok, shapes_shards
 from safetensors.torch import load_file
-from test_train import _assert_same_adapters, _no_gap_args, launch, ok, shapes_shards
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -47,7 +48,7 @@ def test_kill9_then_resume_equals_uninterrupted_run_and_logs_each_step_once(shar
     # The uninterrupted run and the resume run in this process (the launcher's main); the run that is killed is a
     # process of its own. All three use this process's thread count, so that their sums are bitwise comparable.
     steps = 40  # enough that the kill at step 4 lands well before the end even when steps are fast
-    base = [*_no_gap_args(shards, steps), "train.save_every=3"]
+    base = [*no_gap_args(shards, steps), "train.save_every=3"]
     straight = tmp_path / "straight"
     assert train_in_process([*base, f"train.output_dir={straight}"]) == 0
 
@@ -65,7 +66,7 @@ def test_kill9_then_resume_equals_uninterrupted_run_and_logs_each_step_once(shar
     assert max(logged_before) > 3 and max(logged_before) < steps
 
     assert train_in_process([*base, f"train.output_dir={broken}", "--resume"]) == 0
-    _assert_same_adapters(straight, broken)
+    assert_same_adapters(straight, broken)
     rows = [json.loads(x) for x in (broken / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, steps + 1))  # each step once
     final = json.loads((broken / "final_metrics.json").read_text())
@@ -85,7 +86,7 @@ STOP_STEPS = 24
 @pytest.fixture(scope="module")
 def straight_two_ranks(shards, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("straight2")
-    ok(launch([*_no_gap_args(shards, STOP_STEPS), f"train.output_dir={out}"], ranks=2))
+    ok(launch([*no_gap_args(shards, STOP_STEPS), f"train.output_dir={out}"], ranks=2))
     return out
 
 
@@ -112,12 +113,12 @@ def _tree(runner_pid: int, timeout: float = 120) -> tuple:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["one_rank", "every_rank", "launcher", "runner"])
+@pytest.mark.parametrize("target", ["one_rank", "process_group", "runner"])
 def test_sigterm_stops_both_ranks_at_one_step_and_resume_is_exact(target, shards, straight_two_ranks, tmp_path):
     import psutil
 
     out = tmp_path / "run"
-    args = [*_no_gap_args(shards, STOP_STEPS), f"train.output_dir={out}"]
+    args = [*no_gap_args(shards, STOP_STEPS), f"train.output_dir={out}"]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
     cmd = [str(BIN / "deepspeed"), "--num_accelerators", "2", "--master_port", str(free_port()),
            "launchers/train.py", "--ds_config", "ds_configs/zero2.json", *args]  # fmt: skip
@@ -127,11 +128,12 @@ def test_sigterm_stops_both_ranks_at_one_step_and_resume_is_exact(target, shards
     try:
         launcher, ranks = _tree(runner.pid)
         _wait_for_step(out / "metrics.jsonl", 2, runner)
-        victims = {"one_rank": ranks[1:], "every_rank": ranks, "launcher": [launcher], "runner": []}[target]
         t0 = time.time()
-        for p in victims:
-            p.send_signal(signal.SIGTERM)
-        if target == "runner":
+        if target == "one_rank":  # its peer learns of the stop through the step's collective
+            ranks[1].send_signal(signal.SIGTERM)
+        elif target == "process_group":  # every rank and the launcher's own handler, racing
+            os.killpg(runner.pid, signal.SIGTERM)
+        else:  # the runner dies without passing the signal on (one node: no handler): orphaned ranks stop
             runner.send_signal(signal.SIGTERM)
         _, alive = psutil.wait_procs([launcher, *ranks], timeout=60)
         assert not alive, f"still running 60 s after SIGTERM to the {target}: {alive}"
@@ -141,10 +143,8 @@ def test_sigterm_stops_both_ranks_at_one_step_and_resume_is_exact(target, shards
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(runner.pid, signal.SIGKILL)  # whatever a failure left behind
-    # the deepspeed launcher passes on a rank's 143; it exits 1 when it was signalled itself; a killed runner -15
-    assert runner.returncode == {"one_rank": 143, "every_rank": 143, "launcher": 1, "runner": -15}[target], output[
-        -3000:
-    ]
+    # the deepspeed launcher passes on a rank's 143 to the runner; a signalled runner dies of it (-15)
+    assert runner.returncode == {"one_rank": 143, "process_group": -15, "runner": -15}[target], output[-3000:]
     assert "done:" not in output and "rerun the same command with --resume" in output, output[-3000:]
     assert "terminate called" not in output, output[-3000:]  # a stopped run tears its group down too
     tags = sorted(p.name for p in (out / "checkpoints").iterdir() if (p / "COMPLETE").is_file())
@@ -157,4 +157,4 @@ def test_sigterm_stops_both_ranks_at_one_step_and_resume_is_exact(target, shards
         # Resuming is the same code whoever got the signal: checked where the stop is hardest to agree on (one
         # rank signalled, its peer must stop at the same step) and where schedulers send it (the runner).
         ok(launch([*args, "--resume"], ranks=2))
-        _assert_same_adapters(straight_two_ranks, out)
+        assert_same_adapters(straight_two_ranks, out)

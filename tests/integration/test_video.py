@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.launchers import load_launcher, train_in_process
-from test_train import common, launch, make_shapes, ok
+from helpers.runs import common, launch, make_shapes, ok
 
 from unitrans_ds import make_shards
 from unitrans_ds.data.loaders import build_eval_loader

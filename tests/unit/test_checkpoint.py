@@ -1,7 +1,7 @@
 """Resume checkpoints in one process: safe loading (no code from files), full disk, world size, logged steps.
 
 A real DeepSpeed engine on a one-rank gloo group saves and loads a tiny model; the multi-rank stop and resume
-runs are in test_train.py.
+runs are in test_stop_resume.py.
 """
 
 from __future__ import annotations
