@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers.mlflow_store import fresh_sqlite_uri
 
 from unitrans_ds import make_shards
 from unitrans_ds.adapters import load_adapter, prepare_model, save_adapter
@@ -122,7 +123,7 @@ def test_saved_adapter_plain_python_equals_in_process_and_two_deepspeed_ranks_wi
     from unitrans_ds.config.schema import TrackingConfig
     from unitrans_ds.tracking import build_tracker
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(tmp_path / "mlflow.db")
     # the training run the adapter came from: its run folder (the adapter's parent) records its MLflow run
     tracking = TrackingConfig(experiment="eval-test", tracking_uri=uri, system_metrics_interval_s=None)
     train = build_tracker(tracking, 0, Path(setup["adapter"]).parent)

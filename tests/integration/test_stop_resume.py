@@ -153,8 +153,8 @@ def test_sigterm_stops_both_ranks_at_one_step_and_resume_is_exact(target, shards
     assert {"rng_rank0.pt", "rng_rank1.pt"} <= {p.name for p in (out / "checkpoints" / tags[0]).iterdir()}
     assert not (out / "adapter_final").exists()
 
-    if target in ("one_rank", "runner"):
+    if target == "one_rank":
         # Resuming is the same code whoever got the signal: checked where the stop is hardest to agree on (one
-        # rank signalled, its peer must stop at the same step) and where schedulers send it (the runner).
+        # rank signalled, its peer must stop at the same step as it).
         ok(launch([*args, "--resume"], ranks=2))
         assert_same_adapters(straight_two_ranks, out)

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers.mlflow_store import fresh_sqlite_uri
 from helpers.ports import free_port
 
 from unitrans_ds.config.schema import TrackingConfig
@@ -27,7 +28,7 @@ class Server:
 
     def __init__(self, root: Path, port: int):
         self.root, self.port, self.proc = root, port, None
-        self.backend = f"sqlite:///{root / 'server.db'}"
+        self.backend = fresh_sqlite_uri(root / "server.db")
         self.uri = f"http://127.0.0.1:{port}"
 
     def start(self) -> None:
@@ -172,7 +173,7 @@ def test_sync_backfills_a_killed_run_that_never_reached_mlflow(tmp_path, monkeyp
     dead = f"http://127.0.0.1:{free_port()}"
     proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(run_dir), dead], env=env, timeout=300)
     assert proc.returncode == -9
-    store = f"sqlite:///{tmp_path / 'later.db'}"
+    store = fresh_sqlite_uri(tmp_path / "later.db")
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
     # the sync command's main() in this process, twice; its own process runs in the test below

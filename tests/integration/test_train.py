@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers.launchers import train_in_process
+from helpers.mlflow_store import fresh_sqlite_uri
 from helpers.runs import assert_same_adapters, common, launch, no_gap_args, ok, shapes_shards
 from safetensors.torch import load_file
 
@@ -26,7 +27,7 @@ def test_two_ranks_zero2_each_task_with_mlflow(task, shards, tmp_path):
     from unitrans_ds.engine.versions import git_commit
     from unitrans_ds.tracking.run_info import manifest_digest
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(tmp_path / "mlflow.db")
     out = tmp_path / "run"
     # Retrieval validates at every step (best-adapter selection); the generative tasks, slower to evaluate, test only.
     extra = (

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.launchers import load_launcher, train_in_process
+from helpers.mlflow_store import fresh_sqlite_uri
 from helpers.runs import common, launch, make_shapes, ok
 
 from unitrans_ds import make_shards
@@ -70,7 +71,7 @@ def _video_args(clips: Path, out: Path, task: str) -> list[str]:
 def test_two_rank_video_run_logs_metrics_and_exports(task, metric, clips, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_sqlite_uri(tmp_path / "mlflow.db")
     out = tmp_path / "run"
     ok(launch([*_video_args(clips, out, task), "tracking.experiment=video"], ranks=2, env={"MLFLOW_TRACKING_URI": uri}))
     final = json.loads((out / "final_metrics.json").read_text())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.mlflow_store import fresh_sqlite_uri
 from helpers.ports import free_port
 
 from unitrans_ds.config.schema import TrackingConfig
@@ -36,10 +37,11 @@ def mlflow_client_cls():
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    """A fresh SQLite store; cwd moves to tmp so that artifacts (default root ./mlruns) land there too."""
+    """A fresh SQLite store (tests/helpers/mlflow_store.py); cwd moves to tmp so that artifacts (default root
+    ./mlruns) land there too."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return fresh_sqlite_uri(tmp_path / "mlflow.db")
 
 
 def _tracker(uri: str, run_dir: Path, experiment: str = "unit", **kw):
@@ -78,9 +80,11 @@ def test_nonzero_ranks_never_write_nor_touch_mlflow(tmp_path, rank):
     assert list(watched.rglob("*")) == []
 
 
-def test_rank_zero_does_write_in_the_same_setup(tmp_path, store):
+def test_rank_zero_does_write_in_the_same_setup(tmp_path, monkeypatch):
     """The control for the test above: the same calls on rank 0 create the store and the metrics file."""
-    t = _tracker(store, tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    t = _tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "run")  # no store yet: rank 0 creates it
     assert t.start("run", {}, {"p": 1}) is not None
     t.log_metrics({"loss": 1.0}, step=1)
     t.finish()
