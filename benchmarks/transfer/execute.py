@@ -114,15 +114,23 @@ def _split_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("test/")}
 
 
-def _record(job: Job, inputs: Inputs, metrics: dict, steps: int, trainable: int, total: int, t0: float, run_id):
+def _clock() -> tuple[float, float]:
+    """(wall, CPU) seconds now; a run's record holds both differences."""
+    return time.perf_counter(), time.process_time()
+
+
+def _record(
+    job: Job, inputs: Inputs, metrics: dict, steps: int, trainable: int, total: int, t0: tuple[float, float], run_id
+):
     bench = TASKS[job.task]
     if bench.metric not in metrics:
         raise RuntimeError(f"{job}: the evaluation returned no `{bench.metric}` (got {sorted(metrics)})")
     return RunRecord(
         task=job.task, method=job.method, seed=job.seed, split=job.split, metric=bench.metric,
         value=metrics[bench.metric], trainable=trainable, total=total, lr=job.lr, rank=job.rank, steps=steps,
-        phase=job.phase, budget=inputs.budget.tag(), seconds=round(time.perf_counter() - t0, 1),
+        phase=job.phase, budget=inputs.budget.tag(), seconds=round(time.perf_counter() - t0[0], 1),
         mlflow_run_id=run_id, metrics={k: round(v, 4) for k, v in metrics.items()},
+        cpu_seconds=round(time.process_time() - t0[1], 1),
     )  # fmt: skip
 
 
@@ -136,7 +144,7 @@ def run_frozen(job: Job, inputs: Inputs, cfg: Config) -> RunRecord:
     from unitrans_ds.tracking import build_tracker
     from unitrans_ds.tracking.run_info import split_metrics
 
-    t0 = time.perf_counter()
+    t0 = _clock()
     rank, world, _ = init_distributed()
     pin_cpu_threads(cfg.train.cpu_threads)
     run_dir = Path(cfg.train.output_dir)
@@ -162,7 +170,7 @@ def run_trained(job: Job, inputs: Inputs, cfg: Config) -> RunRecord:
     """Train one variant with the project's Trainer (in this process) and read the final split's metrics."""
     from unitrans_ds.engine.trainer import Trainer
 
-    t0 = time.perf_counter()
+    t0 = _clock()
     trainer = Trainer(cfg, inputs.ds_config)
     result = trainer.run()
     if result.state.step < trainer.total_steps:  # stopped by a signal: not a result

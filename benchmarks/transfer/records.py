@@ -26,9 +26,11 @@ class RunRecord:
     steps: int
     phase: str  # `select` (lr grid on val) or `report` (chosen lr on test)
     budget: str
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the run (a paused or shared machine inflates it)
     mlflow_run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    # CPU time of the process that ran it (one thread): what the run cost, whatever else the machine did meanwhile
+    cpu_seconds: float | None = None
 
     def key(self) -> tuple:
         return (self.phase, self.task, self.method, self.seed, self.rank, self.lr, self.split)

@@ -83,6 +83,7 @@ def test_smoke_slice_writes_runs_tables_and_mlflow_and_resumes(smoke, capsys):
     for r in runs:  # the fields issue 10 names
         assert {"task", "method", "seed", "split", "metric", "value", "trainable", "total"} <= set(r)
         assert r["split"] == "test" and r["metric"] == "r_mean"
+        assert 0 < r["cpu_seconds"] <= r["seconds"] * 1.5  # the worker's own CPU time (one thread, plus helpers)
     md = (results / "transfer.md").read_text()
     assert "| unitrans |" in md and "synthetic" in md
     from mlflow.tracking import MlflowClient
