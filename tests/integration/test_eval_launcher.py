@@ -1,5 +1,5 @@
-"""launchers/eval.py end to end: a saved adapter on real shapes shards as a plain python process, zero-shot in
-process, a mismatched adapter, and 2 ranks under the deepspeed launcher logging to a real MLflow store."""
+"""launchers/eval.py end to end: a saved adapter on real shapes shards on one rank (the launcher's main() in
+process), zero-shot, a mismatched adapter, and 2 ranks under the deepspeed launcher logging to a real MLflow store."""
 
 from __future__ import annotations
 
@@ -97,17 +97,20 @@ def test_help_names_every_option(capsys):
 
 
 @pytest.mark.slow
-def test_saved_adapter_plain_python_equals_in_process_and_two_deepspeed_ranks_with_mlflow(setup, tmp_path):
+def test_saved_adapter_one_rank_equals_in_process_and_two_deepspeed_ranks_with_mlflow(setup, tmp_path, capsys):
+    # one rank: the launcher's main() in this process (`python launchers/eval.py` as a process of its own runs in
+    # test_video.py and, under `deepspeed`, in test_readme_examples.py and below)
     out = tmp_path / "out"
     base = ["--config", str(setup["config"]), "--adapter", str(setup["adapter"])]
-    proc = run_eval([*base, "--out", str(out)])
-    ok(proc)
+    capsys.readouterr()
+    assert _eval_main()([*base, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"txt_r1", "img_r1", "r_mean", "itc_r_mean", "itc_txt_r1", "itc_img_r1"} <= set(metrics)
     for name in ("i2t_topk.jsonl", "t2i_topk.jsonl", "retrieval_index.json", "config.yaml"):
         assert (out / name).is_file(), name
-    assert "image token store" in proc.stdout
-    # The same backbone with the adapter loaded in this process gives the same scores...
+    assert "image token store" in printed
+    # The same backbone with the adapter loaded here, evaluated without the launcher, gives the same scores...
     cfg = load_config(setup["config"])
     bb = load_backbone(cfg.model, cfg.task, seed=cfg.train.seed)
     assert load_adapter(bb.model, setup["adapter"]).name == "unitrans"
