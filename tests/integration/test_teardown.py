@@ -24,7 +24,7 @@ from unitrans_ds.engine.distributed import shutdown_distributed
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # More runs, more power to catch a rare abort: set it higher. One by default: the suite's other runs that end in
-# a real interpreter exit also fail on the abort's message (the four SIGTERM runs of test_stop_resume.py under the
+# a real interpreter exit also fail on the abort's message (the three SIGTERM runs of test_stop_resume.py under the
 # `deepspeed` launcher, test_eval_launcher.py, test_launcher_errors.py, the `torchrun` run of test_train.py).
 # test_train.py's other 2-rank runs fork their ranks and end in `os._exit`, which skips that exit.
 RUNS = int(os.environ.get("UNITRANS_STRESS_RUNS", "1"))
