@@ -103,6 +103,13 @@ def ok(proc) -> None:
     )
 
 
+def shm_workspaces(port: int) -> list[str]:
+    """DeepSpeed's shared all-reduce workspaces (/dev/shm, about 66 MB of RAM each) of a run on `port`: DeepSpeed
+    never unlinks them; `init_distributed` does once every rank has mapped them, so a running job has none left
+    for a kill -9 to leak."""
+    return sorted(p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
+
+
 def assert_same_adapters(a_dir: Path, b_dir: Path) -> None:
     """The final adapters of two run folders are bit-identical."""
     a = load_file(str(a_dir / "adapter_final" / "adapter_model.safetensors"))

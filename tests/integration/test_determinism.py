@@ -14,19 +14,20 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from helpers.launchers import train_in_process
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
+ARGS = ["train.max_steps=3", "train.zero_shot_eval=false", "data.val_shards=null", "data.test_shards=null",
+        "tracking.enabled=false"]  # fmt: skip
 
 
 def train(out: Path, omp_threads: int, *overrides: str) -> dict:
     """Three steps of the embedded default in its own process with OMP_NUM_THREADS set; its adapter tensors."""
     env = {**os.environ, "OMP_NUM_THREADS": str(omp_threads), "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable, "launchers/train.py", "--ds_config", "ds_configs/zero0.json",
-        "train.max_steps=3", "train.zero_shot_eval=false", "data.val_shards=null", "data.test_shards=null",
-        "tracking.enabled=false", f"train.output_dir={out}", *overrides,
-    ]  # fmt: skip
+    cmd = [sys.executable, "launchers/train.py", "--ds_config", "ds_configs/zero0.json", *ARGS,
+           f"train.output_dir={out}", *overrides]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return load_file(str(out / "adapter_final" / "adapter_model.safetensors"))
@@ -38,11 +39,18 @@ def differing(a: dict, b: dict) -> list[str]:
 
 
 @pytest.mark.slow
-def test_adapters_are_bit_identical_for_any_omp_num_threads(tmp_path):
+def test_adapters_are_bit_identical_for_any_omp_num_threads(tmp_path, monkeypatch):
     one = train(tmp_path / "omp1", 1)
     two = train(tmp_path / "omp2", 2)
     assert differing(one, two) == []
-    # the control: with the thread count left to OMP_NUM_THREADS (cpu_threads=0), 2 threads round differently, so
-    # this setup does see a thread-count dependence when nothing pins it
-    free = train(tmp_path / "free2", 2, "train.cpu_threads=0")
+    # the control: with the thread count left alone (cpu_threads=0), 2 threads round differently, so this setup
+    # does see a thread-count dependence when nothing pins it (the launcher's main() in this process, at 2 threads)
+    monkeypatch.chdir(ROOT)  # the embedded default's paths, as the processes above see them
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert train_in_process([*ARGS, f"train.output_dir={tmp_path / 'free2'}", "train.cpu_threads=0"], "zero0") == 0
+    finally:
+        torch.set_num_threads(saved)
+    free = load_file(str(tmp_path / "free2" / "adapter_final" / "adapter_model.safetensors"))
     assert differing(one, free), "the control run matched: the test no longer exercises multi-threaded kernels"

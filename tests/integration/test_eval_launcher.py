@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from helpers.mlflow_store import fresh_sqlite_uri
+from helpers.runs import ok  # exit 0 and no rank aborted at its interpreter's exit (test_teardown.py)
 
 from unitrans_ds import make_shards
 from unitrans_ds.adapters import load_adapter, prepare_model, save_adapter
@@ -74,12 +75,6 @@ def run_eval(args: list[str], ranks: int = 1, env: dict | None = None) -> subpro
         port = str(29700 + os.getpid() % 1000)
         cmd = [str(BIN / "deepspeed"), "--num_accelerators", str(ranks), "--master_port", port, *cmd[1:]]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
-def ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, (
-        f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-5000:]}"
-    )
 
 
 def scores(folder: Path) -> np.ndarray:

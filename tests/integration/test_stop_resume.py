@@ -1,6 +1,7 @@
 """Stopping a run and resuming it: SIGTERM to one rank, to the whole process group (runner, launcher and ranks at
 once, as a scheduler's job stop or Ctrl-C reach them), or to the `deepspeed` runner alone (its ranks must notice
-that they are orphans): all ranks stop at one step, save, and a resume is exact; and kill -9 of a one-rank run.
+that they are orphans): all ranks stop at one step, save, and a resume is exact, and the running job holds no
+shared memory that a kill -9 could leak; and kill -9 of a one-rank run.
 The signals go to real processes under the real `deepspeed` launcher."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 import torch
 from helpers.launchers import train_in_process
 from helpers.ports import free_port
-from helpers.runs import assert_same_adapters, launch, no_gap_args, ok, shapes_shards
+from helpers.runs import assert_same_adapters, launch, no_gap_args, ok, shapes_shards, shm_workspaces
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +121,8 @@ def test_sigterm_stops_both_ranks_at_one_step_and_resume_is_exact(target, shards
     out = tmp_path / "run"
     args = [*no_gap_args(shards, STOP_STEPS), f"train.output_dir={out}"]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
-    cmd = [str(BIN / "deepspeed"), "--num_accelerators", "2", "--master_port", str(free_port()),
+    port = free_port()
+    cmd = [str(BIN / "deepspeed"), "--num_accelerators", "2", "--master_port", str(port),
            "launchers/train.py", "--ds_config", "ds_configs/zero2.json", *args]  # fmt: skip
     log_file = tmp_path / "output.log"  # a file, not a pipe: nobody drains a pipe while the test waits
     with log_file.open("w") as log:
@@ -128,6 +130,9 @@ def test_sigterm_stops_both_ranks_at_one_step_and_resume_is_exact(target, shards
     try:
         launcher, ranks = _tree(runner.pid)
         _wait_for_step(out / "metrics.jsonl", 2, runner)
+        # DeepSpeed's shared all-reduce workspaces are unlinked while the job runs: not even kill -9 of the whole
+        # job (nothing gets to clean up) can leave them in RAM until reboot, as every run once did
+        assert shm_workspaces(port) == []
         t0 = time.time()
         if target == "one_rank":  # its peer learns of the stop through the step's collective
             ranks[1].send_signal(signal.SIGTERM)
