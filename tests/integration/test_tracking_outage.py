@@ -21,6 +21,9 @@ from unitrans_ds.tracking import METRICS_FILE, build_tracker, sync
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
+# MLflow 3's server starts a job runner and seven huey consumers beside it (its GenAI jobs), about 40 s of CPU per
+# start that the tracking API never uses: these tests' servers run without them.
+SERVER_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 class Server:
@@ -34,7 +37,9 @@ class Server:
     def start(self) -> None:
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend, "--host", "127.0.0.1",
                "--port", str(self.port), "--workers", "1", "--default-artifact-root", str(self.root / "artifacts")]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=SERVER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             try:
@@ -212,7 +217,7 @@ def test_plain_mlflow_ui_shows_runs_logged_with_the_defaults(tmp_path, monkeypat
     t.log_artifact(tmp_path / "run" / METRICS_FILE)
     t.finish()
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in SERVER_ENV.items() if k != "MLFLOW_TRACKING_URI"}
     ui = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "ui", "--port", str(port), "--workers", "1"],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
