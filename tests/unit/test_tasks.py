@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.adapters import _randomize_adapters
 
 from unitrans_ds.adapters import prepare_model
 from unitrans_ds.config import ConfigError, build_config
@@ -82,6 +83,32 @@ def test_video_with_one_frame_equals_image_path():
     with torch.no_grad():
         tv3, fv3 = t.image_embed(torch.randn(2, 3, 3, SIZE, SIZE))
     assert tv3.shape[1] == 3 * ti.shape[1] and fv3.shape == (2, fi.shape[1])
+
+
+def test_video_path_does_not_see_frame_order():
+    """BLIP's video transfer (SPEC): frames through the ViT one by one, ITC on the mean of their CLS features, the
+    fusion layers over all frame tokens concatenated, no temporal position. So a clip and the same clip played
+    backwards score alike in every task, adapters and QASN included: questions and captions that only frame order
+    answers (the scenes world's direction / toward questions) are out of reach of every method (README, Evidence).
+    When a temporal position is added this test fails, and that README paragraph has to change with it."""
+    clip = torch.randn(2, 4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    backwards = clip.flip(1)
+    r = _task("retrieval")
+    _randomize_adapters(r.model)
+    ids, mask, _ = r.text_embed(["a red circle moves left", "a red circle moves right"])
+    with torch.no_grad():
+        (tok_f, feat_f), (tok_b, feat_b) = r.image_embed(clip), r.image_embed(backwards)
+        itm_f, itm_b = r.itm_logits(tok_f, ids, mask), r.itm_logits(tok_b, ids, mask)
+    assert not torch.allclose(tok_f, tok_b)  # the tokens themselves do come in another order
+    torch.testing.assert_close(feat_f, feat_b)
+    torch.testing.assert_close(itm_f, itm_b)
+    v = _task("vqa")
+    _randomize_adapters(v.model)
+    q = ["does the red circle move left", "which way does the star move"]
+    with torch.no_grad():
+        nll_f = v.answer_nll(*v.encode_questions(clip, q), ["yes", "left"])
+        nll_b = v.answer_nll(*v.encode_questions(backwards, q), ["yes", "left"])
+    torch.testing.assert_close(nll_f, nll_b)
 
 
 def test_vqa_answer_weights_blip_by_default_soft_score_as_option():
