@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[Path]] = defaultdict(list)
     for run in sorted((Path(args.run_root) / "report" / args.task).glob("*")):
         m = RUN_DIR.match(run.name)
-        if m:
+        if m and any(run.glob("eval/*/vqa_results.json")):  # finished runs only: one still training has no results
             runs[m["method"]].append(run)
     if not runs:
         print(f"no report runs of {args.task} under {args.run_root}/report/; run the benchmark first", file=sys.stderr)

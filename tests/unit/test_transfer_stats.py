@@ -193,10 +193,13 @@ def test_question_types_scores_each_method_per_type_against_the_types_constant(t
         out = tmp_path / "runs" / "report" / "video_qa" / f"{method}-r16-lr0.01-s0" / "eval" / "test_step000200"
         out.mkdir(parents=True)
         (out / "vqa_results.json").write_text(json.dumps([{"question_id": q, "answer": a} for q, a in given.items()]))
+    (tmp_path / "runs" / "report" / "video_qa" / "prior-r16-lr0.01-s1").mkdir()  # still training: no results yet
     args = ["--run_root", str(tmp_path / "runs"), "--shards", str(tmp_path / "shards")]
     capsys.readouterr()  # make_shards' own lines
     assert question_types.main(args) == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:-1]]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "seeds: prior 1, right 1, wrong 1"  # the unfinished run is not counted
+    rows = [line.split() for line in lines[2:-1]]
     assert len(rows) == len(per_type) >= 3
     for row in rows:  # type words, n, constant, then the methods in name order: prior, right, wrong
         n, constant, prior, right, wrong = (float(x) for x in row[-5:])
