@@ -1,6 +1,8 @@
 """Pretrain the tiny BLIP backbones: full training on domain A of `scenes`, one model per task class.
 
     python -m benchmarks.transfer.pretrain [--tasks retrieval captioning vqa] [--out pretrained/scenes] [--epochs N]
+    python -m benchmarks.transfer.pretrain --tasks vqa --continue_from pretrained/scenes/tiny-blip-vqa \
+        --more_stages 2 --out runs/more/vqa    # more stages of the task's last recipe stage from a saved backbone
 
 Each task class (`BlipForImageTextRetrieval`, `BlipForConditionalGeneration`, `BlipForQuestionAnswering`) is
 trained with `method.name=full` on `<shards>/image_a/train` by the project's own `Trainer` (in this process, one
@@ -78,6 +80,16 @@ class Recipe:
     freeze: tuple[str, ...] = ()
     # a next stage, trained from this one's output (a warm restart of the schedule); only the last is released
     then: Recipe | None = None
+
+
+def more_stages(task: str, start: str | Path, n: int) -> list[Recipe]:
+    """`n` more stages of `task`'s last recipe stage (its lr, batch, epochs, warmup and lock), the first from the
+    saved backbone `start`, each next from the one before: what more training of a released backbone gives."""
+    if n < 1:
+        raise ValueError(f"more_stages needs n >= 1, got {n}")
+    last = stages(RECIPES[task])[-1]
+    first = dataclasses.replace(last, init_from=str(start), init_class=None, vision=False)
+    return [first] + [dataclasses.replace(first, init_from="{prev}") for _ in range(n - 1)]
 
 
 def stages(recipe: Recipe) -> list[Recipe]:
@@ -374,12 +386,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the zero-shot eval on A test and B val after each stage",
     )
     p.add_argument(
+        "--continue_from",
+        default=None,
+        metavar="FOLDER",
+        help="instead of the recipe's chain, train --more_stages more stages of the task's last stage from this "
+        "saved backbone (a tiny-blip-<task> folder); one task only",
+    )
+    p.add_argument(
+        "--more_stages", type=int, default=1, help="stages trained after --continue_from (default: %(default)s)"
+    )
+    p.add_argument(
         "--no_vision_stage",
         dest="vision_stage",
         action="store_false",
         help="start every recipe from its own init and train its ViT too (the recipes before the vision stage)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.continue_from is not None:
+        if len(args.tasks) != 1:
+            p.error(f"--continue_from continues one backbone: give one task in --tasks, got {args.tasks}")
+        if not (Path(args.continue_from) / "config.json").is_file():
+            p.error(f"--continue_from {args.continue_from}: no config.json there (a save_pretrained folder)")
+        if args.more_stages < 1:
+            p.error(f"--more_stages must be >= 1, got {args.more_stages}")
+    return args
 
 
 def data_seed(shards: str | Path) -> int:
@@ -399,11 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.use_deterministic_algorithms(True, warn_only=True)
     total = time.perf_counter()
     vision_file = None
-    if args.vision_stage and any(r.vision for task in args.tasks for r in stages(RECIPES[task])):
+    continuing = args.continue_from is not None
+    if not continuing and args.vision_stage and any(r.vision for t in args.tasks for r in stages(RECIPES[t])):
         recipe = VisionRecipe() if args.epochs is None else VisionRecipe(epochs=args.epochs)
         vision_file = train_vision_stage(Path(args.run_root) / "vision", recipe, args.seed, data_seed(args.shards))
     for task in args.tasks:
-        chain = stages(RECIPES[task])
+        chain = more_stages(task, args.continue_from, args.more_stages) if continuing else stages(RECIPES[task])
         if not args.vision_stage:  # the lock only protects the stage's ViT: without it every ViT trains
             chain = [dataclasses.replace(r, vision=False, freeze=()) for r in chain]
         if args.epochs is not None:
@@ -412,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         for i, recipe in enumerate(chain):
             last = i == len(chain) - 1
             # only the last stage is released into --out; earlier ones stay beside their run folders
-            name = task if last else f"{task}-stage{i + 1}"
+            # (continued stages have their own names: a chain's run folders of the same task stay apart)
+            name = f"{task}-more{i + 1}" if continuing else task if last else f"{task}-stage{i + 1}"
             out = Path(args.out) if last else Path(args.run_root) / name / "release"
             if not last and _finished(out / folder_name(task), recipe):
                 print(f"[pretrain] {name}: done before ({out / folder_name(task)}), reused", flush=True)

@@ -60,3 +60,35 @@ def test_recipe_stages_chain_from_the_previous_stage():
     chain = pretrain.stages(pretrain.RECIPES["retrieval"])
     assert len(chain) == 2 and chain[1].init_from == "{prev}" and all(r.then is None for r in chain)
     assert chain[0].init_from == "pretrained/shapes/tiny-blip-retrieval"
+
+
+def test_more_stages_repeat_the_last_stage_from_a_saved_backbone():
+    last = pretrain.stages(pretrain.RECIPES["vqa"])[-1]
+    chain = pretrain.more_stages("vqa", "pretrained/scenes/tiny-blip-vqa", 3)
+    assert [r.init_from for r in chain] == ["pretrained/scenes/tiny-blip-vqa", "{prev}", "{prev}"]
+    # the same training as the recipe's last stage; no conversion and no ViT swap on a saved backbone
+    for r in chain:
+        assert (r.epochs, r.lr, r.batch, r.warmup_steps, r.freeze) == (
+            last.epochs, last.lr, last.batch, last.warmup_steps, last.freeze
+        )  # fmt: skip
+        assert r.init_class is None and not r.vision and r.then is None
+    with pytest.raises(ValueError, match="n >= 1"):
+        pretrain.more_stages("vqa", "x", 0)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tasks", "vqa", "retrieval", "--continue_from", str(PRETRAINED / "scenes" / "tiny-blip-vqa")], "one task"),
+        (["--tasks", "vqa", "--continue_from", "no/such/folder"], "no config.json"),
+        (
+            ["--tasks", "vqa", "--continue_from", str(PRETRAINED / "scenes" / "tiny-blip-vqa"), "--more_stages", "0"],
+            ">= 1",
+        ),
+    ],
+)
+def test_continue_from_refuses_bad_arguments_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        pretrain.parse_args(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and message in err[-1], err
