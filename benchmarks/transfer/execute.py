@@ -4,6 +4,7 @@ the backbone as it is), in the calling process, which holds a one-rank gloo grou
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from unitrans_ds.config import Config, flatten, load_config, to_dict
 
-from .records import RunRecord
+from .records import RunRecord, backbone_fingerprint
 from .suite import TASKS, VARIANTS
 
 EXPERIMENT = "unitrans-transfer"
@@ -70,7 +71,7 @@ def run_config(job: Job, inputs: Inputs) -> Config:
     overrides = [
         f"task={bench.task}",
         f"video={'true' if bench.video else 'false'}",
-        f"model.init_from={Path(inputs.pretrained) / f'tiny-blip-{bench.backbone}'}",
+        f"model.init_from={backbone_folder(job.task, inputs.pretrained)}",
         "model.image_size=64",
         f"method.name={variant.method}",
         f"method.rank={job.rank}",
@@ -184,8 +185,16 @@ def run_trained(job: Job, inputs: Inputs, cfg: Config) -> RunRecord:
     return record
 
 
+def backbone_folder(task: str, pretrained: str | Path) -> Path:
+    """The save_pretrained folder a benchmark task starts from."""
+    return Path(pretrained) / f"tiny-blip-{TASKS[task].backbone}"
+
+
 def run_job(job: Job, inputs: Inputs) -> RunRecord:
     cfg = run_config(job, inputs)
+    fingerprint = backbone_fingerprint(backbone_folder(job.task, inputs.pretrained))  # what this run loads
     if VARIANTS[job.method].method == "frozen":
-        return run_frozen(job, inputs, cfg)
-    return run_trained(job, inputs, cfg)
+        record = run_frozen(job, inputs, cfg)
+    else:
+        record = run_trained(job, inputs, cfg)
+    return dataclasses.replace(record, backbone=fingerprint)

@@ -4,7 +4,8 @@ adapted to domain B, over seeds, with paired statistics.
     python -m benchmarks.transfer [--tasks ...] [--methods ...] [--seeds 0 1 2 3 4] [--workers 2]
                                   [--max_steps 200] [--out benchmarks/results] [--no_sweep]
 
-Phases, each resumable (`runs.jsonl` holds every finished run; a rerun skips what it holds at the same budget):
+Phases, each resumable (`runs.jsonl` holds every finished run; a rerun skips what it holds at the same budget on
+the same backbones: each run records its backbone's fingerprint, and runs on other weights are rerun):
 1. **select**: every trained method at every learning rate of its grid (`suite.py`), first seed, domain B val;
    the best val metric picks the method's lr per task. A best lr at either end of the grid gets the next lr
    beyond it (half-decade steps, at most 2 per side), for every method alike.
@@ -34,8 +35,8 @@ from pathlib import Path
 
 from unitrans_ds.cli import ArgumentParser
 
-from .execute import Budget, Inputs, Job, run_job
-from .records import RunRecord, append_record, load_records
+from .execute import Budget, Inputs, Job, backbone_folder, run_job
+from .records import RunRecord, append_record, backbone_fingerprint, load_records, split_by_backbone
 from .suite import SWEEP_RANKS, SWEEP_VARIANTS, TASKS, VARIANTS
 from .tables import ablation_table, chosen_lr_table, gap_lines, main_table, plot_rank_sweep, write_csv
 
@@ -295,7 +296,15 @@ def main(argv: list[str] | None = None) -> int:
         runs_file.unlink()
     budget = Budget(args.max_steps, args.batch)
     inputs = Inputs(args.pretrained, args.shards, args.run_root, args.tracking_uri, args.ds_config, budget)
-    records = load_records(runs_file, budget.tag())
+    backbones = {t: backbone_fingerprint(backbone_folder(t, args.pretrained)) for t in args.tasks}
+    records, other = split_by_backbone(load_records(runs_file, budget.tag()), backbones)
+    if other:
+        print(
+            f"[transfer] {len(other)} runs in {runs_file} were made on other backbones than {args.pretrained}'s "
+            f"(tasks: {', '.join(sorted({r.task for r in other}))}): left out of the tables"
+            + ("" if args.report_only else " and rerun"),
+            flush=True,
+        )
     methods, tasks, seeds = list(args.methods), list(args.tasks), list(args.seeds)
     t0 = time.perf_counter()
     if args.report_only:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.transfer import pretrain, run
-from benchmarks.transfer.records import RunRecord
+from benchmarks.transfer.records import RunRecord, backbone_fingerprint
 from benchmarks.transfer.suite import TASKS
 from unitrans_ds import make_shards
 
@@ -84,6 +84,7 @@ def test_smoke_slice_writes_runs_tables_and_mlflow_and_resumes(smoke, capsys):
         assert {"task", "method", "seed", "split", "metric", "value", "trainable", "total"} <= set(r)
         assert r["split"] == "test" and r["metric"] == "r_mean"
         assert 0 < r["cpu_seconds"] <= r["seconds"] * 1.5  # the worker's own CPU time (one thread, plus helpers)
+        assert r["backbone"] == backbone_fingerprint(PRETRAINED / "scenes" / "tiny-blip-retrieval")
     md = (results / "transfer.md").read_text()
     assert "| unitrans |" in md and "synthetic" in md
     from mlflow.tracking import MlflowClient
