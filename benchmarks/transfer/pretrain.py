@@ -101,6 +101,17 @@ def stages(recipe: Recipe) -> list[Recipe]:
     return out
 
 
+def _again(stage: Recipe, times: int) -> Recipe:
+    """`stage` `times` times in a row, each restarting the schedule from the one before (`stage` starts from
+    `{prev}`)."""
+    out = None
+    for _ in range(times):
+        out = dataclasses.replace(stage, then=out)
+    return out
+
+
+_VQA_NEXT = Recipe(epochs=4, lr=5e-4, batch=32, warmup_steps=100, init_from="{prev}", freeze=("vision_model",))
+
 RECIPES: dict[str, Recipe] = {
     # Every backbone starts from the vision stage's ViT (vision_stage.py; BLIP's starts from ImageNet) and keeps it
     # locked: trained at the text side's lr it washed out (pretrained/README.md).
@@ -125,8 +136,9 @@ RECIPES: dict[str, Recipe] = {
     # text_decoder as they are; the question encoder from the decoder's BERT, whose cross-attention already reads
     # the image): from a random init (2 epochs, lr 1e-3) the loss sat at 2.94-2.99 from step 250 to the end and
     # the model answered priors only (35.7% on A test; yes/no 53, number 39).
-    # A second stage of 4 epochs restarts the schedule (before the vision stage, A test accuracy was 44.5 after the
-    # first and the loss still falling).
+    # Three more stages of 4 epochs each restart the schedule: A test accuracy 55.5 -> 66.4 -> 69.2 -> 73.4 after
+    # stages 1-4 (pretrained/README.md); the yes/no types, which match an attribute named in the question against
+    # the image, sit at their constant answers' level until the fourth.
     "vqa": Recipe(
         epochs=2,
         lr=5e-4,
@@ -135,7 +147,7 @@ RECIPES: dict[str, Recipe] = {
         init_from="{out}/tiny-blip-captioning",
         init_class="captioning",
         freeze=("vision_model",),
-        then=Recipe(epochs=4, lr=5e-4, batch=32, warmup_steps=100, init_from="{prev}", freeze=("vision_model",)),
+        then=_again(_VQA_NEXT, 3),
     ),
 }
 

@@ -60,6 +60,9 @@ def test_recipe_stages_chain_from_the_previous_stage():
     chain = pretrain.stages(pretrain.RECIPES["retrieval"])
     assert len(chain) == 2 and chain[1].init_from == "{prev}" and all(r.then is None for r in chain)
     assert chain[0].init_from == "pretrained/shapes/tiny-blip-retrieval"
+    vqa = pretrain.stages(pretrain.RECIPES["vqa"])  # from the captioning model, then each stage from the one before
+    assert vqa[0].init_from == "{out}/tiny-blip-captioning" and vqa[0].init_class == "captioning"
+    assert len(vqa) > 2 and all(r.init_from == "{prev}" and r.then is None for r in vqa[1:])
 
 
 def test_more_stages_repeat_the_last_stage_from_a_saved_backbone():
