@@ -272,7 +272,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_inputs(args: argparse.Namespace) -> str | None:
     pretrained, shards = Path(args.pretrained), Path(args.shards)
     for t in args.tasks:
-        folder = pretrained / f"tiny-blip-{TASKS[t].backbone}"
+        folder = backbone_folder(t, pretrained)
         if not (folder / "config.json").is_file():
             return f"{folder} is not a save_pretrained folder; run `python -m benchmarks.transfer.pretrain` first"
         for split in ("train", "val", "test"):
