@@ -1,7 +1,7 @@
 """What a tiny BLIP reads off a `scenes` image: per attribute, from its evaluation outputs.
 
     python -m benchmarks.transfer.diagnose [--shards shards/scenes/image_a/test] [--pretrained pretrained/scenes]
-        [--captions DIR] [--vqa DIR] [--out runs/diagnose] [--json out.json]
+        [--captions DIR] [--vqa DIR] [--retrieval DIR] [--out runs/diagnose] [--json out.json]
 
 Without `--captions` / `--vqa`, it first evaluates the captioning and VQA backbones of `--pretrained` zero-shot on
 `--shards` (as the benchmark and the pretraining sanity check evaluate them) into `--out`, then reads those outputs.
@@ -16,6 +16,12 @@ scores well above its shuffled level.
 the accuracy (official VQA accuracy, against the 10 answers), the best constant answer's accuracy, how many distinct
 answers the model gave and the share of its most common one. A type at its constant level, answered with one or
 two answers, is one the model does not read off the image.
+
+`--retrieval`: a folder with `retrieval_index.json` and `t2i_topk.jsonl` (an image-retrieval evaluation of a scenes
+split: `python -m benchmarks.transfer.pretrain` writes one per stage into `<run_root>/<stage>/sanity_a`). Per caption
+kind (the four captions of the scenes grammar, in their order), text-to-image: R@1 after ITM re-ranking and the
+share whose image is among the re-ranked candidates at all (ITC's R@k, k = `eval.k_test`). A kind with a high
+R@k and a low R@1 is one where ITC finds the image and ITM does not pick it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pathlib import Path
 
 from unitrans_ds.cli import ArgumentParser
 from unitrans_ds.data.scenes.stats import answer_priors, read_metas
+from unitrans_ds.data.scenes.texts import IMAGE_CAPTION_KINDS
 from unitrans_ds.data.scenes.world import COLORS, COLS, MARKS, ROWS, SHAPES, SIZES
 from unitrans_ds.metrics.vqa import question_accuracy
 
@@ -87,6 +94,34 @@ def vqa_types(answers: dict[str, str], metas: list[dict]) -> dict[str, dict]:
     return out
 
 
+def retrieval_kinds(index: dict, t2i: list[dict]) -> dict[str, dict]:
+    """Per caption kind: n, `r1` (%) and `in_candidates` (%) of text-to-image retrieval, and `k` (candidates per
+    query). `index`: `retrieval_index.json`; `t2i`: the rows of `t2i_topk.jsonl`. A caption's kind is its place
+    among its image's captions (the grammar writes them in `IMAGE_CAPTION_KINDS` order)."""
+    seen: Counter = Counter()
+    kind_of, image_of = {}, {}
+    for t in index["texts"]:
+        place = seen[t["image"]]
+        seen[t["image"]] += 1
+        if place >= len(IMAGE_CAPTION_KINDS):
+            raise ValueError(
+                f"image {t['image']} has more than {len(IMAGE_CAPTION_KINDS)} captions: not a scenes split"
+            )
+        kind_of[t["index"]], image_of[t["index"]] = IMAGE_CAPTION_KINDS[place], t["image"]
+    tally: dict[str, list[int]] = {kind: [0, 0, 0] for kind in IMAGE_CAPTION_KINDS}
+    k = 0
+    for row in t2i:
+        truth, ranked = image_of[row["query"]], row["images"]
+        k = max(k, len(ranked))
+        n = tally[kind_of[row["query"]]]
+        n[0], n[1], n[2] = n[0] + 1, n[1] + (ranked[:1] == [truth]), n[2] + (truth in ranked)
+    return {
+        kind: {"n": n, "r1": 100 * r1 / n, "in_candidates": 100 * hit / n, "k": k}
+        for kind, (n, r1, hit) in tally.items()
+        if n
+    }
+
+
 def _read_captions(folder: Path) -> tuple[dict, dict]:
     results = {r["image_id"]: r["caption"] for r in json.loads((folder / "caption_results.json").read_text())}
     references: dict[object, list[str]] = defaultdict(list)
@@ -135,12 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrained", default="pretrained/scenes", help="the backbones evaluated without --captions/--vqa")
     p.add_argument("--captions", default=None, help="folder of a captioning evaluation (caption_results.json, ...)")
     p.add_argument("--vqa", default=None, help="folder of a VQA evaluation (vqa_results.json)")
+    p.add_argument(
+        "--retrieval",
+        default=None,
+        help="folder of an image-retrieval evaluation (retrieval_index.json, t2i_topk.jsonl)",
+    )
     p.add_argument("--out", default="runs/diagnose", help="where the zero-shot evaluations write")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
     figures: dict[str, dict] = {}
     try:
-        if not (args.captions or args.vqa):
+        if not (args.captions or args.vqa or args.retrieval):
             args.captions, args.vqa = (_evaluate(args.pretrained, task, args.shards, args.out) for task in TASKS)
         if args.captions:
             figures["captions"] = caption_attributes(*_read_captions(Path(args.captions)))
@@ -159,6 +199,17 @@ def main(argv: list[str] | None = None) -> int:
             ]
             head = ["question type", "n", "accuracy", "best constant", "answers given", "most common (%)"]
             print(_table("VQA per question type", head, rows))
+        if args.retrieval:
+            folder = Path(args.retrieval)
+            index = json.loads((folder / "retrieval_index.json").read_text())
+            t2i = [json.loads(line) for line in (folder / "t2i_topk.jsonl").read_text().splitlines() if line]
+            figures["retrieval"] = retrieval_kinds(index, t2i)
+            rows = [
+                [kind, str(v["n"]), _pct(v["r1"]), _pct(v["in_candidates"])] for kind, v in figures["retrieval"].items()
+            ]
+            k = next(iter(figures["retrieval"].values()), {}).get("k", "k")
+            head = ["caption kind", "n", "R@1", f"image among the {k} candidates"]
+            print(_table("Text to image per caption kind (%)", head, rows))
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,8 +14,8 @@ from PIL import Image
 
 from unitrans_ds.data.formats import ParseRequest, parse
 from unitrans_ds.data.scenes import make_sample, render, render_jpegs, reverse_clip, stats
-from unitrans_ds.data.scenes.texts import ORDER_QUESTION_TYPES, clip_captions, truth
-from unitrans_ds.data.scenes.world import DOMAINS
+from unitrans_ds.data.scenes.texts import IMAGE_CAPTION_KINDS, ORDER_QUESTION_TYPES, clip_captions, truth
+from unitrans_ds.data.scenes.world import DOMAINS, NUMBERS, RELATIONS
 from unitrans_ds.make_shards import main
 from unitrans_ds.metrics.vqa import question_accuracy
 from unitrans_ds.models.tiny import demo_tokenizer
@@ -244,3 +244,14 @@ def test_stats_command_prints_a_split_report(tmp_path, capsys):
     assert "best single constant answer over all questions" in report and "type prior" in report
     assert stats.main([str(tmp_path / "nothing")]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_image_captions_come_in_the_order_of_their_kinds():
+    # diagnose --retrieval reads a caption's kind from its place among its image's captions
+    assert IMAGE_CAPTION_KINDS == ("count and listing", "three positions", "one relation", "second relation")
+    for it in items("a", n=20):
+        listing, positions, relation, second = it.meta["captions"]
+        assert " shapes : " in listing and any(f"{NUMBERS[k]} shapes" in listing for k in range(2, 6))
+        assert not any(r in positions for r in RELATIONS) and not any(r in listing for r in RELATIONS)
+        assert sum(relation.count(r) for r in RELATIONS) == 1
+        assert 1 <= sum(second.count(r) for r in RELATIONS) <= 2

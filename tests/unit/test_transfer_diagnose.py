@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.transfer.diagnose import caption_attributes, main, vqa_types
+from benchmarks.transfer.diagnose import caption_attributes, main, retrieval_kinds, vqa_types
 
 
 def test_caption_attributes_separate_a_seen_attribute_from_a_guessed_one():
@@ -45,3 +45,35 @@ def test_diagnose_of_missing_backbones_or_outputs_is_one_line(capsys, tmp_path):
     (tmp_path / "caption_results.json").write_text(json.dumps([{"image_id": 0, "caption": "a red circle"}]))
     assert main(["--shards", str(tmp_path), "--captions", str(tmp_path)]) == 2  # no references file
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_retrieval_kinds_split_text_to_image_by_caption_kind(tmp_path, capsys):
+    # two images of four captions each (the grammar's order); k = 2 candidates per caption
+    texts = [{"index": t, "image": t // 4, "text": f"caption {t}"} for t in range(8)]
+    index = {"images": [{"index": 0}, {"index": 1}], "texts": texts}
+    t2i = [
+        {"query": 0, "images": [0, 1]},  # listing, image 0: first
+        {"query": 1, "images": [1, 0]},  # positions: a candidate, not first
+        {"query": 2, "images": [1]},  # one relation: not among the candidates
+        {"query": 3, "images": [0, 1]},
+        {"query": 4, "images": [1, 0]},  # listing, image 1: first
+        {"query": 5, "images": [1, 0]},  # positions: first
+        {"query": 6, "images": [0]},  # one relation: missed
+        {"query": 7, "images": [0, 1]},  # second relation: a candidate, not first
+    ]
+    figures = retrieval_kinds(index, t2i)
+    assert figures["count and listing"] == {"n": 2, "r1": 100.0, "in_candidates": 100.0, "k": 2}
+    assert figures["three positions"]["r1"] == 50.0 and figures["three positions"]["in_candidates"] == 100.0
+    assert figures["one relation"]["r1"] == 0.0 and figures["one relation"]["in_candidates"] == 0.0
+    assert figures["second relation"]["r1"] == 50.0 and figures["second relation"]["in_candidates"] == 100.0
+    # through the command, from the files an evaluation writes
+    (tmp_path / "retrieval_index.json").write_text(json.dumps(index))
+    (tmp_path / "t2i_topk.jsonl").write_text("".join(json.dumps(r) + "\n" for r in t2i))
+    assert main(["--retrieval", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| one relation | 2 | 0.0 | 0.0 |" in out and "image among the 2 candidates" in out
+    # a split whose images carry more captions than the grammar writes is not a scenes split: one line
+    bad = {"images": [{"index": 0}], "texts": [{"index": t, "image": 0, "text": "x"} for t in range(5)]}
+    (tmp_path / "retrieval_index.json").write_text(json.dumps(bad))
+    assert main(["--retrieval", str(tmp_path)]) == 2
+    assert "more than 4 captions" in capsys.readouterr().err

@@ -116,6 +116,10 @@ def _and_list(phrases: list[str]) -> str:
     return phrases[0] if len(phrases) == 1 else " , ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
+#: what each of `image_captions`' four captions says, in their order
+IMAGE_CAPTION_KINDS = ("count and listing", "three positions", "one relation", "second relation")
+
+
 def image_captions(rng: np.random.Generator, scene: dict[str, Any]) -> list[str]:
     """Four captions of at most 30 words (the loaders' default `max_words`), each naming several objects with
     several attributes, so one rarely repeats in a split: the count and every object (with size and mark when
