@@ -3,6 +3,8 @@
     python -m benchmarks.transfer.pretrain [--tasks retrieval captioning vqa] [--out pretrained/scenes] [--epochs N]
     python -m benchmarks.transfer.pretrain --tasks vqa --continue_from pretrained/scenes/tiny-blip-vqa \
         --more_stages 2 --out runs/more/vqa    # more stages of the task's last recipe stage from a saved backbone
+    python -m benchmarks.transfer.pretrain --tasks retrieval --continue_from pretrained/scenes/tiny-blip-retrieval \
+        --from_stage 3 --out runs/next/retrieval    # the recipe's stages 3.. from a backbone of its stages 1-2
 
 Each task class (`BlipForImageTextRetrieval`, `BlipForConditionalGeneration`, `BlipForQuestionAnswering`) is
 trained with `method.name=full` on `<shards>/image_a/train` by the project's own `Trainer` (in this process, one
@@ -90,6 +92,17 @@ def more_stages(task: str, start: str | Path, n: int) -> list[Recipe]:
     last = stages(RECIPES[task])[-1]
     first = dataclasses.replace(last, init_from=str(start), init_class=None, vision=False)
     return [first] + [dataclasses.replace(first, init_from="{prev}") for _ in range(n - 1)]
+
+
+def chain_from(task: str, start: str | Path, first: int) -> list[Recipe]:
+    """`task`'s recipe stages `first`.. (counted from 1), the first of them from the saved backbone `start`, which
+    holds what stage `first - 1` made (a released backbone whose chain has since grown): the rest of the chain
+    without rerunning its beginning."""
+    chain = stages(RECIPES[task])
+    if not 2 <= first <= len(chain):
+        raise ValueError(f"the {task} recipe has stages 1..{len(chain)}: --from_stage must be in 2..{len(chain)}")
+    head = dataclasses.replace(chain[first - 1], init_from=str(start), init_class=None, vision=False)
+    return [head] + chain[first:]
 
 
 def stages(recipe: Recipe) -> list[Recipe]:
@@ -405,7 +418,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "saved backbone (a tiny-blip-<task> folder); one task only",
     )
     p.add_argument(
-        "--more_stages", type=int, default=1, help="stages trained after --continue_from (default: %(default)s)"
+        "--more_stages",
+        type=int,
+        default=None,
+        help="repeats of the task's last recipe stage trained after --continue_from (default: 1)",
+    )
+    p.add_argument(
+        "--from_stage",
+        type=int,
+        default=None,
+        metavar="K",
+        help="with --continue_from: train the recipe's stages K.. from that folder, which holds stage K-1's output "
+        "(e.g. a released backbone whose recipe has grown since)",
     )
     p.add_argument(
         "--no_vision_stage",
@@ -419,8 +443,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--continue_from continues one backbone: give one task in --tasks, got {args.tasks}")
         if not (Path(args.continue_from) / "config.json").is_file():
             p.error(f"--continue_from {args.continue_from}: no config.json there (a save_pretrained folder)")
-        if args.more_stages < 1:
+        if args.from_stage is not None and args.more_stages is not None:
+            p.error("give --from_stage (the rest of the recipe) or --more_stages (repeats of its last stage), not both")
+        if args.more_stages is not None and args.more_stages < 1:
             p.error(f"--more_stages must be >= 1, got {args.more_stages}")
+        if args.from_stage is not None:
+            n = len(stages(RECIPES[args.tasks[0]]))
+            if not 2 <= args.from_stage <= n:
+                p.error(f"the {args.tasks[0]} recipe has stages 1..{n}: --from_stage must be in 2..{n}")
+    elif args.from_stage is not None or args.more_stages is not None:
+        p.error("--from_stage and --more_stages continue a saved backbone: give --continue_from FOLDER")
     return args
 
 
@@ -446,7 +478,12 @@ def main(argv: list[str] | None = None) -> int:
         recipe = VisionRecipe() if args.epochs is None else VisionRecipe(epochs=args.epochs)
         vision_file = train_vision_stage(Path(args.run_root) / "vision", recipe, args.seed, data_seed(args.shards))
     for task in args.tasks:
-        chain = more_stages(task, args.continue_from, args.more_stages) if continuing else stages(RECIPES[task])
+        if not continuing:
+            chain = stages(RECIPES[task])
+        elif args.from_stage is not None:
+            chain = chain_from(task, args.continue_from, args.from_stage)
+        else:
+            chain = more_stages(task, args.continue_from, args.more_stages or 1)
         if not args.vision_stage:  # the lock only protects the stage's ViT: without it every ViT trains
             chain = [dataclasses.replace(r, vision=False, freeze=()) for r in chain]
         if args.epochs is not None:
@@ -456,7 +493,10 @@ def main(argv: list[str] | None = None) -> int:
             last = i == len(chain) - 1
             # only the last stage is released into --out; earlier ones stay beside their run folders
             # (continued stages have their own names: a chain's run folders of the same task stay apart)
-            name = f"{task}-more{i + 1}" if continuing else task if last else f"{task}-stage{i + 1}"
+            if args.from_stage is not None:  # not `<task>-stage<k>`: the chain's own stage k starts elsewhere
+                name = f"{task}-from{args.from_stage}-stage{args.from_stage + i}"
+            else:
+                name = f"{task}-more{i + 1}" if continuing else task if last else f"{task}-stage{i + 1}"
             out = Path(args.out) if last else Path(args.run_root) / name / "release"
             if not last and _finished(out / folder_name(task), recipe):
                 print(f"[pretrain] {name}: done before ({out / folder_name(task)}), reused", flush=True)
@@ -468,7 +508,9 @@ def main(argv: list[str] | None = None) -> int:
                 run_name=name, prev=prev, models_root=args.out, vision_file=vision_file,
             )  # fmt: skip
             prev = out / folder_name(task)
-            if len(chain) > 1:
+            if args.from_stage is not None:  # the recipe's numbering, not the continuation's
+                record["stage"] = f"{args.from_stage + i} of {args.from_stage + len(chain) - 1}"
+            elif len(chain) > 1:
                 record["stage"] = f"{i + 1} of {len(chain)}"
             if args.sanity:  # every stage: what a stage adds is the evidence for keeping it
                 record["sanity"] = sanity_check(prev, task, args.shards, Path(args.run_root) / name)

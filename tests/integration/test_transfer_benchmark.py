@@ -46,6 +46,33 @@ def test_pretrain_config_trains_everything_on_domain_a_without_flips(tmp_path):
     assert cfg.method.freeze == ["vision_model"]  # the vision stage's ViT stays locked (pretrained/README.md)
 
 
+@pytest.mark.slow
+def test_pretrain_from_stage_trains_the_rest_of_the_chain_from_a_saved_backbone(tmp_path):
+    # the released 2-stage retrieval backbone as stage 1's output, the recipe's stage 2.. trained for one short epoch
+    start = PRETRAINED / "scenes" / pretrain.folder_name("retrieval")
+    if not (start / "model.safetensors").is_file():
+        pytest.skip("pretrained/ not built yet")
+    assert make_shards.main(
+        ["--format", "scenes", "--domain", "a", "--split", "train", "--num_samples", "16", "--shard_size", "16",
+         "--image_size", "64", "--seed", "0", "--no_progress", "--out", str(tmp_path / "shards" / "image_a" / "train")]
+    ) == 0  # fmt: skip
+    chain = pretrain.stages(pretrain.RECIPES["retrieval"])
+    argv = ["--tasks", "retrieval", "--continue_from", str(start), "--from_stage", "2", "--epochs", "1",
+            "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "out"), "--run_root", str(tmp_path / "runs"),
+            "--no_sanity"]  # fmt: skip
+    assert pretrain.main(argv) == 0
+    record = json.loads((tmp_path / "out" / "tiny-blip-retrieval" / "pretrain.json").read_text())
+    assert record["stage"] == f"{len(chain)} of {len(chain)}"  # the recipe's numbering
+    assert record["steps"] == 2  # 16 images x 4 captions, batch 32, one epoch
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert runs == [f"retrieval-from2-stage{k}" for k in range(2, len(chain) + 1)], runs
+    if len(chain) > 2:  # stage 2 started from the given folder, each later one from the stage before
+        first = json.loads(
+            (tmp_path / "runs" / runs[0] / "release" / "tiny-blip-retrieval" / "pretrain.json").read_text()
+        )
+        assert first["recipe"]["init_from"] == str(start)
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """The CI slice: frozen and unitrans on image retrieval, 2 seeds, 3 steps, small scenes shards."""

@@ -79,6 +79,25 @@ def test_more_stages_repeat_the_last_stage_from_a_saved_backbone():
         pretrain.more_stages("vqa", "x", 0)
 
 
+def test_chain_from_runs_the_rest_of_a_recipe_from_a_saved_backbone():
+    full = pretrain.stages(pretrain.RECIPES["vqa"])
+    rest = pretrain.chain_from("vqa", "some/released/folder", 3)
+    assert len(rest) == len(full) - 2  # stages 3.. of the chain
+    assert rest[0].init_from == "some/released/folder" and all(r.init_from == "{prev}" for r in rest[1:])
+    assert rest[1:] == full[3:]  # the later stages exactly as the chain has them
+    first = full[2]
+    assert (rest[0].epochs, rest[0].lr, rest[0].batch, rest[0].freeze) == (
+        first.epochs,
+        first.lr,
+        first.batch,
+        first.freeze,
+    )
+    assert rest[0].init_class is None and not rest[0].vision
+    for bad in (1, len(full) + 1):
+        with pytest.raises(ValueError, match="--from_stage must be in 2.."):
+            pretrain.chain_from("vqa", "x", bad)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -88,6 +107,24 @@ def test_more_stages_repeat_the_last_stage_from_a_saved_backbone():
             ["--tasks", "vqa", "--continue_from", str(PRETRAINED / "scenes" / "tiny-blip-vqa"), "--more_stages", "0"],
             ">= 1",
         ),
+        (
+            ["--tasks", "vqa", "--continue_from", str(PRETRAINED / "scenes" / "tiny-blip-vqa"), "--from_stage", "1"],
+            "--from_stage must be in 2..",
+        ),
+        (
+            [
+                "--tasks",
+                "vqa",
+                "--continue_from",
+                str(PRETRAINED / "scenes" / "tiny-blip-vqa"),
+                "--from_stage",
+                "3",
+                "--more_stages",
+                "2",
+            ],
+            "not both",
+        ),  # fmt: skip
+        (["--tasks", "vqa", "--from_stage", "3"], "give --continue_from FOLDER"),
     ],
 )
 def test_continue_from_refuses_bad_arguments_in_one_line(argv, message, capsys):
