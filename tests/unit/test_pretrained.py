@@ -58,8 +58,10 @@ def test_vqa_from_captioning_fills_every_vqa_weight_from_the_captioning_model(tm
 
 def test_recipe_stages_chain_from_the_previous_stage():
     chain = pretrain.stages(pretrain.RECIPES["retrieval"])
-    assert len(chain) == 2 and chain[1].init_from == "{prev}" and all(r.then is None for r in chain)
-    assert chain[0].init_from == "pretrained/shapes/tiny-blip-retrieval"
+    assert len(chain) > 2 and all(r.init_from == "{prev}" and r.then is None for r in chain[1:])
+    assert chain[0].init_from == "pretrained/shapes/tiny-blip-retrieval" and chain[0].vision
+    # the ViT stays locked in the first stages; the later ones train its top layers (never its patch embedding)
+    assert chain[0].freeze == ("vision_model",) and chain[-1].freeze[0] == r"vision_model\.embeddings"
     vqa = pretrain.stages(pretrain.RECIPES["vqa"])  # from the captioning model, then each stage from the one before
     assert vqa[0].init_from == "{out}/tiny-blip-captioning" and vqa[0].init_class == "captioning"
     assert len(vqa) > 2 and all(r.init_from == "{prev}" and r.then is None for r in vqa[1:])
@@ -132,3 +134,23 @@ def test_continue_from_refuses_bad_arguments_in_one_line(argv, message, capsys):
         pretrain.parse_args(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and message in err[-1], err
+
+
+def test_retrieval_top_stages_lock_the_vit_below_their_top_layers():
+    from transformers import BlipConfig, BlipForImageTextRetrieval
+
+    from unitrans_ds.adapters import prepare_model
+    from unitrans_ds.config.schema import MethodConfig
+
+    folder = PRETRAINED / "scenes" / pretrain.folder_name("retrieval")
+    trained_layers = []
+    for recipe in pretrain.stages(pretrain.RECIPES["retrieval"]):
+        model = BlipForImageTextRetrieval(BlipConfig.from_pretrained(folder))
+        prepare_model(model, MethodConfig(name="full", freeze=list(recipe.freeze)))
+        vit = {n.split(".")[1] for n, p in model.vision_model.encoder.named_parameters() if p.requires_grad}
+        assert not any(p.requires_grad for p in model.vision_model.embeddings.parameters())
+        assert all(p.requires_grad for p in model.text_encoder.parameters())
+        trained_layers.append(sorted(int(k) for k in vit))
+    # the tiny ViT's 4 layers: locked in stages 1-4, then its top one, two and three layers train
+    assert model.config.vision_config.num_hidden_layers == 4
+    assert trained_layers == [[], [], [], [], [3], [2, 3], [1, 2, 3]]
