@@ -118,8 +118,7 @@ def _chain(*parts: Recipe) -> Recipe:
     """The stages `parts` in a row, each one's `then` the next (a part may carry a chain of its own)."""
     out = None
     for part in reversed(parts):
-        last = stages(part)
-        for stage in reversed(last):
+        for stage in reversed(stages(part)):
             out = dataclasses.replace(stage, then=out)
     return out
 
