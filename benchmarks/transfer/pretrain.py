@@ -476,9 +476,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.more_stages is not None and args.more_stages < 1:
             p.error(f"--more_stages must be >= 1, got {args.more_stages}")
         if args.from_stage is not None:
-            n = len(stages(RECIPES[args.tasks[0]]))
-            if not 2 <= args.from_stage <= n:
-                p.error(f"the {args.tasks[0]} recipe has stages 1..{n}: --from_stage must be in 2..{n}")
+            try:  # the one place that knows a recipe's stages
+                chain_from(args.tasks[0], args.continue_from, args.from_stage)
+            except ValueError as e:
+                p.error(str(e))
     elif args.from_stage is not None or args.more_stages is not None:
         p.error("--from_stage and --more_stages continue a saved backbone: give --continue_from FOLDER")
     return args
